@@ -1,0 +1,59 @@
+"""Data for pre-training and evaluation, built from a stage config's `data` section.
+
+    data:
+      dataset: fashion_mnist | imagefolder
+      root: null                  # fashion_mnist: the idx files (default: Debian's package); imagefolder: holds train/ and val/
+      train_subset: null          # use a fixed random subset of N training images (seeded by subset_seed)
+      image_size: 28
+      channels: 1                 # 1 keeps Fashion-MNIST grayscale; 3 repeats it
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .datasets import ImageFolderWithIndex, InMemoryEval, InMemoryViews
+from .fashion_mnist import load_fashion_mnist
+from .paths import check_data, resolve_root
+from .transforms import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, BatchEvalTransform, BatchViewAugment,
+                         eval_pil_transform, moco_v2_pil_views)
+
+__all__ = ["build_pretrain_dataset", "build_eval_dataset", "check_data"]
+
+
+def _fashion_mnist_tensors(data, split: str, subset: int | None):
+    images, labels = load_fashion_mnist(resolve_root(data), "train" if split == "train" else "test")
+    if subset:
+        order = np.random.default_rng(data.get("subset_seed", 0)).permutation(len(images))[:subset]
+        images, labels = images[np.sort(order)], labels[np.sort(order)]
+    x = torch.from_numpy(images.copy()).unsqueeze(1)
+    channels = data.get("channels", 1)
+    if channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    return x, torch.from_numpy(labels), FASHION_MNIST_MEAN * channels, FASHION_MNIST_STD * channels
+
+
+def build_pretrain_dataset(data, augment_cfg, n_views: int = 2):
+    """The training set yielding (views, index, target)."""
+    check_data(data, splits=("train",))
+    size = data.image_size
+    if data.dataset == "fashion_mnist":
+        x, y, mean, std = _fashion_mnist_tensors(data, "train", data.get("train_subset"))
+        aug = BatchViewAugment(size, mean, std, crop_scale=augment_cfg.get("crop_scale", (0.5, 1.0)),
+                               flip=augment_cfg.get("flip", 0.5), jitter_p=augment_cfg.get("jitter_p", 0.8),
+                               brightness=augment_cfg.get("brightness", 0.4),
+                               contrast=augment_cfg.get("contrast", 0.4), n_views=n_views)
+        return InMemoryViews(x, y, aug)
+    views = moco_v2_pil_views(size, augment_cfg.get("crop_scale", (0.2, 1.0)), n_views)
+    return ImageFolderWithIndex(f"{resolve_root(data)}/{data.get('train_dir', 'train')}", views)
+
+
+def build_eval_dataset(data, split: str):
+    """`split` in {'train', 'val'} with the evaluation transform, yielding (image, index, target)."""
+    check_data(data, splits=(split,))
+    size = data.image_size
+    if data.dataset == "fashion_mnist":
+        subset = data.get("train_subset") if split == "train" else data.get("val_subset")
+        x, y, mean, std = _fashion_mnist_tensors(data, split, subset)
+        return InMemoryEval(x, y, BatchEvalTransform(size, mean, std))
+    return ImageFolderWithIndex(f"{resolve_root(data)}/{data.get(f'{split}_dir', split)}", eval_pil_transform(size))

@@ -1,0 +1,1 @@
+"""Training machinery: distributed set-up, optimisers/schedules, checkpoints, the pre-training loop."""

@@ -1,0 +1,1 @@
+"""Evaluations of a pre-trained backbone; each has a `run_<name>(cfg)` stage entry point."""

@@ -1,0 +1,83 @@
+"""The `knn` stage: weighted k-NN of the pre-trained backbone and of the same backbone untrained.
+
+The untrained reference is the backbone built from the pre-training seed (the same initial weights
+the pre-training started from), evaluated with its initial BatchNorm statistics.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, dump_config, load_config
+from ..data import build_eval_dataset, check_data
+from ..engine.distributed import init_distributed
+from ..engine.pretrain import seed_all
+from ..models import build_backbone
+from ..models.loading import load_backbone
+from ..tracking import Tracker
+from .knn import extract_features, weighted_knn
+
+
+def _backbone_from_pretrain_dir(cfg) -> None:
+    """A hand-run knn may omit `backbone`: take it (and the seed) from the config.yaml that the
+    pre-training wrote beside its backbone.pth."""
+    beside = Path(cfg.pretrained).parent / "config.yaml"
+    if not beside.is_file():
+        raise ConfigError("knn needs the pre-training's backbone section: set +backbone.arch=... or keep "
+                          f"the pre-training config.yaml beside {cfg.pretrained}")
+    pre = load_config(beside)
+    cfg["backbone"], cfg["seed"] = pre.backbone, pre.seed
+
+
+def _evaluate(backbone, train_set, val_set, cfg, device) -> dict:
+    knn = cfg.knn
+    backbone.to(device)
+    train_f, train_y = extract_features(backbone, train_set, knn.get("batch_size", 256), device)
+    val_f, val_y = extract_features(backbone, val_set, knn.get("batch_size", 256), device)
+    return weighted_knn(train_f, train_y, val_f, val_y, ks=tuple(knn.k), temperature=knn.temperature,
+                        query_chunk=knn.get("query_chunk", 1024))
+
+
+def run_knn(cfg) -> dict:
+    info = init_distributed(cfg.get("device", "auto"))
+    if not cfg.get("pretrained"):
+        raise ConfigError("knn needs `pretrained=<path to backbone.pth or a checkpoint>`")
+    if not isinstance(cfg.get("backbone"), dict):
+        _backbone_from_pretrain_dir(cfg)
+    check_data(cfg.data, splits=("train", "val"))
+    seed_all(cfg.seed)
+    backbone = build_backbone(cfg.backbone)
+    untrained = {k: v.clone() for k, v in backbone.state_dict().items()}
+    prefix = load_backbone(backbone, cfg.pretrained, cfg.get("backbone_prefix", "auto"))  # fails before tracking
+    if not info.is_main:  # the evaluation is cheap; other ranks have nothing to add
+        return {}
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.yaml").exists():
+        dump_config(cfg, out / "config.yaml")
+    tracker = Tracker(True)
+    try:
+        tracker.artifact(str(out / "config.yaml"))
+        tracker.params({"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch})
+        train_set, val_set = build_eval_dataset(cfg.data, "train"), build_eval_dataset(cfg.data, "val")
+        t0 = time.perf_counter()
+        metrics = _evaluate(backbone, train_set, val_set, cfg, info.device)
+        print("[knn] pretrained: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "top1" in k),
+              flush=True)
+        if cfg.get("untrained", True):
+            backbone.load_state_dict(untrained)
+            base = _evaluate(backbone, train_set, val_set, cfg, info.device)
+            metrics.update({f"{k}_untrained": v for k, v in base.items()})
+            print("[knn] untrained:  " + ", ".join(f"{k}={v:.4f}" for k, v in base.items() if "top1" in k),
+                  flush=True)
+        metrics["knn_time_s"] = time.perf_counter() - t0
+        tracker.metrics(metrics)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        tracker.finish("FINISHED")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    return metrics

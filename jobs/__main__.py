@@ -1,0 +1,7 @@
+"""``python -m jobs`` is the ``hirl`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+"""Backends that run a compiled cell: local processes today; SLURM and Kubernetes register the same way."""
+
+from .base import Backend, BackendError, Handle, Plan, Submission, available_backends, get_backend, register_backend
+
+__all__ = ["Backend", "BackendError", "Handle", "Plan", "Submission", "available_backends", "get_backend",
+           "register_backend"]

@@ -1,0 +1,154 @@
+"""An experiment → one cell: its stages in run order, wired together, with stable hashes.
+
+The cell id is a content hash of everything that determines the results (the
+experiment name, each stage's type and resolved config, the edges), so
+resubmitting an identical cell finds its runs and skips finished work. Output
+directories and checkpoint paths are left out of the hash: they derive from run
+ids, which only exist once lineage has created the runs (``assign_outputs``).
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from dataclasses import dataclass, field
+
+from hirl_core.config import Config, config_hash, get_dotted, set_dotted
+
+from .spec import EVAL_TYPES, Experiment, SpecError
+
+OUTPUT_ROOT = "outputs"
+PLACEHOLDER_RUN_ID = "<run-id>"  # shown by dry runs, before any run exists
+_MISSING = object()
+# Keys the DAG sets in an eval config from its upstream pretrain.
+WIRED_KEYS = ("pretrained", "backbone", "seed")
+
+
+@dataclass
+class Stage:
+    name: str
+    type: str
+    config: Config              # resolved and wired; output_dir/pretrained set by assign_outputs
+    upstream: str | None
+    config_hash: str            # this stage's config and its upstream's hash
+    config_path: str = ""       # the spec's config file, for display
+    output_dir: str | None = None  # relative to the root: outputs/<exp>/<cell>/<stage>-<run8>
+
+    @property
+    def wired(self):
+        """True when the DAG feeds this stage its upstream's checkpoint."""
+        return self.upstream is not None and self.type in EVAL_TYPES
+
+
+@dataclass
+class Cell:
+    experiment: str
+    cell_id: str
+    stages: list                # Stage, topological order (spec order among ties)
+    edges: list                 # (upstream, downstream) pairs
+    root: str = "."
+    resources: dict = field(default_factory=dict)
+    overrides: tuple = ()
+    description: str = ""
+
+    def stage(self, name):
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    @property
+    def names(self):
+        return [s.name for s in self.stages]
+
+
+def _topological(specs):
+    order, placed = [], set()
+    pending = list(specs.values())
+    while pending:  # spec validation rules out cycles, so each pass places one
+        ready = next(s for s in pending if s.after is None or s.after in placed)
+        order.append(ready)
+        placed.add(ready.name)
+        pending.remove(ready)
+    return order
+
+
+def _require(cfg, key, stage_name, why):
+    value = get_dotted(cfg, key, _MISSING)
+    if value is _MISSING:
+        raise SpecError(f"stage {stage_name!r}: its config has no key {key!r}, needed {why}")
+    return value
+
+
+def _hashable(stage_type, cfg, wired):
+    data = cfg.to_dict()
+    data.pop("output_dir", None)
+    if wired:  # the checkpoint path follows from the upstream; a standalone eval's is an input
+        data.pop("pretrained", None)
+    return {"type": stage_type, "config": data}
+
+
+def compile_cell(experiment: Experiment) -> Cell:
+    stages, hashes = [], {}
+    for spec in _topological(experiment.stages):
+        cfg = Config(copy.deepcopy(spec.config.to_dict()))
+        wired = spec.after is not None and spec.type in EVAL_TYPES
+        if wired:
+            upstream = experiment.stages[spec.after].config
+            for key in WIRED_KEYS:
+                _require(cfg, key, spec.name, f"to take it from upstream {spec.after!r}")
+            set_dotted(cfg, "backbone", copy.deepcopy(_require(
+                upstream, "backbone", spec.after, f"by downstream {spec.name!r}")))
+            set_dotted(cfg, "seed", _require(upstream, "seed", spec.after, f"by downstream {spec.name!r}"))
+        _require(cfg, "output_dir", spec.name, "to place its outputs")
+        payload = _hashable(spec.type, cfg, wired)
+        payload["upstream"] = hashes.get(spec.after)
+        hashes[spec.name] = config_hash(payload)
+        stages.append(Stage(name=spec.name, type=spec.type, config=cfg, upstream=spec.after,
+                            config_hash=hashes[spec.name], config_path=spec.config_path))
+    edges = sorted((s.upstream, s.name) for s in stages if s.upstream is not None)
+    cell_id = config_hash({
+        "experiment": experiment.name,
+        "stages": {s.name: _hashable(s.type, s.config, s.wired) for s in stages},
+        "edges": [list(e) for e in edges],
+    })
+    return Cell(experiment=experiment.name, cell_id=cell_id, stages=stages, edges=edges,
+                root=experiment.root, resources=dict(experiment.resources),
+                overrides=tuple(experiment.overrides), description=experiment.description)
+
+
+def output_dir_for(cell, stage_name, run_id):
+    return posixpath.join(OUTPUT_ROOT, cell.experiment, cell.cell_id, f"{stage_name}-{run_id[:8]}")
+
+
+def assign_outputs(cell, run_ids=None):
+    """Fill in output dirs (and wired checkpoint paths) from ``run_ids``; placeholders if None."""
+    run_ids = run_ids or {}
+    for stage in cell.stages:  # topological, so an upstream's dir is known first
+        stage.output_dir = output_dir_for(cell, stage.name, run_ids.get(stage.name, PLACEHOLDER_RUN_ID))
+        set_dotted(stage.config, "output_dir", stage.output_dir)
+        if stage.wired:
+            upstream = cell.stage(stage.upstream)
+            set_dotted(stage.config, "pretrained", posixpath.join(upstream.output_dir, "backbone.pth"))
+    return cell
+
+
+def format_plan(cell) -> str:
+    """A deterministic, human-readable plan (no timestamps, no absolute paths)."""
+    lines = [f"experiment: {cell.experiment}", f"cell: {cell.cell_id}"]
+    if cell.description:
+        lines.append(f"description: {cell.description}")
+    if cell.overrides:
+        lines.append(f"overrides: {' '.join(cell.overrides)}")
+    lines.append(f"stages ({len(cell.stages)}, in run order):")
+    rows = [("#", "stage", "type", "after", "hash", "config")]
+    for i, s in enumerate(cell.stages, 1):
+        rows.append((str(i), s.name, s.type, s.upstream or "-", s.config_hash, s.config_path))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows:
+        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
+    for s in cell.stages:
+        if s.wired:
+            lines.append(f"  {s.name} <- {s.upstream}: pretrained = {s.upstream} output/backbone.pth; "
+                         f"backbone, seed = {s.upstream}'s")
+    return "\n".join(lines) + "\n"

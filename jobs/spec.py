@@ -1,0 +1,239 @@
+"""Experiment specs (``configs/experiments/<name>.yaml``) → validated, resolved objects.
+
+Everything a user can get wrong (a misspelt experiment, stage type, upstream or
+override key) is rejected here, before lineage or a backend creates anything.
+Each stage config is resolved through ``hirl_core.config``, which is torch-free.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from hirl_core.config import Config, ConfigError, apply_overrides, get_dotted, load_config, parse_override
+
+SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+STAGE_TYPES = ("pretrain", "knn", "linear", "finetune", "semisup", "clustering", "transfer")
+EVAL_TYPES = tuple(t for t in STAGE_TYPES if t != "pretrain")
+EXPERIMENTS_DIR = os.path.join("configs", "experiments")
+_SPEC_KEYS = ("name", "description", "stages", "resources")
+_STAGE_KEYS = ("type", "config", "overrides", "after")
+_MISSING = object()
+
+
+class SpecError(ValueError):
+    """A user mistake in an experiment spec; the message is one line."""
+
+
+@dataclass
+class StageSpec:
+    name: str
+    type: str
+    config_path: str            # as written in the spec, relative to the root
+    overrides: tuple = ()       # the spec's own overrides for this stage
+    after: str | None = None    # upstream stage name
+    config: Config = field(default_factory=Config)  # resolved: file + spec overrides + user overrides
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    path: str                   # the spec file
+    root: str                   # absolute repo root; stage config paths are relative to it
+    stages: dict                # name -> StageSpec, in spec order
+    resources: dict = field(default_factory=dict)
+    overrides: tuple = ()       # the user's overrides (--set), as given
+
+
+def _closest(word, choices):
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def available_experiments(root="."):
+    folder = os.path.join(root, EXPERIMENTS_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.splitext(f)[0] for f in os.listdir(folder)
+                  if f.endswith((".yaml", ".yml")) and not f.startswith("."))
+
+
+def find_spec(name_or_path, root="."):
+    """The spec file for a bare experiment name or a path to a YAML file."""
+    text = os.fspath(name_or_path)
+    looks_like_path = text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text
+    if looks_like_path:
+        for candidate in (text, os.path.join(root, text)):
+            if os.path.isfile(candidate):
+                return os.path.abspath(candidate)
+        raise SpecError(f"experiment spec not found: {text}")
+    for ext in (".yaml", ".yml"):
+        candidate = os.path.join(root, EXPERIMENTS_DIR, text + ext)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    names = available_experiments(root)
+    listing = ", ".join(names) if names else f"(none in {os.path.join(root, EXPERIMENTS_DIR)})"
+    raise SpecError(f"unknown experiment {text!r}; available: {listing}")
+
+
+def _read_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML in {path}: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"experiment spec {path} must hold a mapping at top level")
+    return data
+
+
+def _check_keys(mapping, allowed, where):
+    for key in mapping:
+        if key not in allowed:
+            raise SpecError(f"unknown key {key!r} in {where}{_closest(str(key), allowed)}; "
+                            f"allowed: {', '.join(allowed)}")
+
+
+def _check_name(name, what):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise SpecError(f"bad {what} {name!r}: use lowercase letters, digits, '_' and '-' "
+                        f"(start with a letter or digit, at most 63 characters)")
+
+
+def _parse_stage(name, raw, spec_path, root):
+    where = f"stage {name!r} of {spec_path}"
+    _check_name(name, "stage name")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where} must be a mapping with at least 'config'")
+    _check_keys(raw, _STAGE_KEYS, where)
+    stype = raw.get("type", name)
+    if stype not in STAGE_TYPES:
+        raise SpecError(f"{where}: unknown type {stype!r}{_closest(str(stype), STAGE_TYPES)}; "
+                        f"allowed: {', '.join(STAGE_TYPES)}")
+    path = raw.get("config")
+    if not isinstance(path, str) or not path:
+        raise SpecError(f"{where} needs 'config: <path to a stage config>'")
+    if not os.path.isfile(os.path.join(root, path)):
+        raise SpecError(f"{where}: config file not found: {path}")
+    overrides = raw.get("overrides") or []
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise SpecError(f"{where}: 'overrides' must be a list of key=value strings")
+    after = raw.get("after")
+    if after is not None and not isinstance(after, str):
+        raise SpecError(f"{where}: 'after' must name one stage")
+    return StageSpec(name=name, type=stype, config_path=path, overrides=tuple(overrides), after=after)
+
+
+def _check_graph(stages, spec_path):
+    for stage in stages.values():
+        if stage.after is None:
+            continue
+        if stage.after not in stages:
+            raise SpecError(f"stage {stage.name!r} of {spec_path}: 'after' names no stage: "
+                            f"{stage.after!r}{_closest(stage.after, stages)}; stages: {', '.join(stages)}")
+        upstream = stages[stage.after]
+        # An eval reads its upstream's backbone.pth, which only a pretrain writes.
+        if stage.type in EVAL_TYPES and upstream.type != "pretrain":
+            raise SpecError(f"stage {stage.name!r} of {spec_path}: an eval's 'after' must be a "
+                            f"pretrain stage, {upstream.name!r} is {upstream.type!r}")
+    for start in stages:  # each stage has at most one upstream, so follow the chain
+        seen, node = [start], stages[start].after
+        while node is not None:
+            if node in seen:
+                loop = seen[seen.index(node):] + [node]
+                raise SpecError(f"cycle in 'after' of {spec_path}: {' -> '.join(loop)}")
+            seen.append(node)
+            node = stages[node].after
+
+
+def _merged_view(configs):
+    """Union of the stage configs, mappings never replaced by scalars: for suggestions only."""
+    def merge(a, b):
+        out = dict(a)
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v)
+            elif isinstance(v, dict) or k not in out or not isinstance(out[k], dict):
+                out[k] = v
+        return out
+    merged = {}
+    for cfg in configs:
+        merged = merge(merged, cfg.to_dict())
+    return Config(merged)
+
+
+def _targets(text, stages):
+    """(stage names, override text for them) that one user override applies to.
+
+    ``<stage>.<key>=v`` is scoped to that stage when the stage has ``<key>`` (or it
+    is a ``+`` add); otherwise the whole key is looked up in every stage, so a
+    config key that happens to share a stage's name (``knn.k`` with a ``knn``
+    stage) still works. A key found in no stage is one error with a suggestion.
+    """
+    key, _value, is_add = parse_override(text)
+    raw_value = text.split("=", 1)[1]
+    head, _, rest = key.partition(".")
+    if head in stages and rest:
+        scoped = ("+" if is_add else "") + rest + "=" + raw_value
+        if is_add or get_dotted(stages[head].config, rest, _MISSING) is not _MISSING:
+            return [head], scoped
+        anywhere = any(get_dotted(s.config, k, _MISSING) is not _MISSING
+                       for s in stages.values() for k in (key, head))
+        if not anywhere:  # plainly meant for the stage: suggest from its config alone
+            try:
+                apply_overrides(stages[head].config, [scoped])
+            except ConfigError as exc:
+                raise ConfigError(f"stage {head!r}: {exc}") from None
+    if is_add:
+        return list(stages), text
+    having = [name for name, s in stages.items() if get_dotted(s.config, key, _MISSING) is not _MISSING]
+    if having:
+        return having, text
+    # Reuse the config module's message, with suggestions drawn from all stages.
+    apply_overrides(_merged_view(s.config for s in stages.values()), [text])
+    raise ConfigError(f"unknown config key {key!r} in every stage ({', '.join(stages)})")
+
+
+def apply_user_overrides(stages, overrides):
+    """Apply ``--set`` overrides in order to the resolved stage configs, in place."""
+    for text in overrides:
+        names, stage_text = _targets(text, stages)
+        for name in names:
+            try:
+                stages[name].config = apply_overrides(stages[name].config, [stage_text])
+            except ConfigError as exc:
+                raise ConfigError(f"stage {name!r}: {exc}") from None
+
+
+def load_experiment(name_or_path, root=".", overrides=()) -> Experiment:
+    """Load, validate and resolve an experiment spec; raise SpecError/ConfigError on bad input."""
+    root = os.path.abspath(root)
+    path = find_spec(name_or_path, root)
+    data = _read_yaml(path)
+    rel = os.path.relpath(path, root)
+    _check_keys(data, _SPEC_KEYS, rel)
+    name = data.get("name", os.path.splitext(os.path.basename(path))[0])
+    _check_name(name, "experiment name")
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, dict) or not raw_stages:
+        raise SpecError(f"{rel} needs a non-empty 'stages' mapping")
+    stages = {}
+    for sname, raw in raw_stages.items():
+        stages[sname] = _parse_stage(sname, raw, rel, root)
+    _check_graph(stages, rel)
+    for stage in stages.values():
+        try:
+            stage.config = load_config(os.path.join(root, stage.config_path), stage.overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {stage.name!r} ({stage.config_path}): {exc}") from None
+    apply_user_overrides(stages, tuple(overrides))
+    resources = data.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise SpecError(f"{rel}: 'resources' must map a backend name to its settings")
+    return Experiment(name=name, description=str(data.get("description") or ""), path=path, root=root,
+                      stages=stages, resources=resources, overrides=tuple(overrides))
