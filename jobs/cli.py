@@ -1,53 +1,95 @@
-"""``hirl``: plan, submit and inspect experiments.
+"""``hirl``: plan, submit and inspect experiments and sweeps.
 
-Bad input (experiment, stage, override key, backend) is reported as one line,
-exit code 2, before MLflow or the file system is touched. MLflow is imported
-only by commands that need it, so ``hirl plan`` answers instantly.
+Bad input (experiment, stage, override key, matrix axis, resource, backend) is
+reported as one line, exit code 2, before MLflow or the file system is touched.
+MLflow is imported only by commands that need it, so ``hirl plan`` answers instantly.
+Every command takes a spec; a spec with matrix axes is a sweep and the command acts
+on all its cells (``--cell`` narrows to some, by id prefix or ``key=value``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import posixpath
 import sys
+import time
 
 from hirl_core.config import ConfigError
 
-from .backends import BackendError, Plan, available_backends, get_backend
-from .dag import assign_outputs, compile_cell, format_plan
-from .spec import SpecError, load_experiment
+from . import names
+from .backends import BackendError, Handle, Plan, available_backends, get_backend
+from .dag import OUTPUT_ROOT, assign_outputs
+from .matrix import format_sweep_plan, load_sweep
+from .spec import SpecError, _closest
 
 INPUT_ERRORS = (SpecError, ConfigError, BackendError)
 USAGE_RC = 2
+INTERRUPTED_RC = 130
+DONE = ("FINISHED", "FAILED", "KILLED")
 
 
 def _add_experiment_args(parser):
     parser.add_argument("experiment", metavar="EXP",
-                        help="experiment name (configs/experiments/EXP.yaml) or path to a spec")
+                        help="experiment or sweep name (configs/experiments/EXP.yaml) or path to a spec")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE",
-                        help="config override; '<stage>.key=v' for one stage, 'key=v' for every stage "
-                             "that has the key, '+key=v' adds a key (repeatable)")
+                        help="config override for every cell; '<stage>.key=v' for one stage, 'key=v' for "
+                             "every stage that has the key, '+key=v' adds a key (repeatable)")
+
+
+def _add_cell_arg(parser):
+    parser.add_argument("--cell", metavar="CELL", default="",
+                        help="only cells whose id starts with CELL, or that match key=value[,key=value]")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="hirl", description="HIRL experiments: pretrain → evaluations, "
-                                     "tracked in MLflow.")
+                                     "as single chains or sweeps, tracked in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     backends = ", ".join(available_backends())
 
-    p = sub.add_parser("plan", help="show the stages of an experiment; create nothing")
+    p = sub.add_parser("plan", help="show the cells and stages of an experiment or sweep; create nothing")
     _add_experiment_args(p)
     p.add_argument("--backend", default="local", help=f"backend whose files --out renders ({backends})")
     p.add_argument("--out", metavar="DIR", help="also write the backend's rendered files (dry run) to DIR")
 
-    p = sub.add_parser("submit", help="create the MLflow runs and run the stages")
+    p = sub.add_parser("submit", help="create the MLflow runs and run the stages (every cell of a sweep)")
     _add_experiment_args(p)
     p.add_argument("--backend", default="local", help=f"where to run ({backends})")
     p.add_argument("--force", action="store_true", help="new runs for every stage, even finished ones")
 
-    p = sub.add_parser("status", help="stage states and key metrics of the experiment's cell")
+    p = sub.add_parser("status", help="a table of cells × stages: job id, state, attempt, key metric")
     _add_experiment_args(p)
+    _add_cell_arg(p)
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 5) until nothing is left to run")
+
+    p = sub.add_parser("logs", help="the log of one stage")
+    _add_experiment_args(p)
+    _add_cell_arg(p)
+    p.add_argument("--stage", default="", help="stage name (default: the first stage)")
+    p.add_argument("--rank", type=int, help="only this rank's lines, where the backend keeps them apart")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the stage ends")
+    p.add_argument("--backend", default="", help="backend that ran it (default: the chain run's)")
+
+    p = sub.add_parser("cancel", help="stop the stages of a sweep, a cell (--cell) or a stage (--stage)")
+    _add_experiment_args(p)
+    _add_cell_arg(p)
+    p.add_argument("--stage", default="", help="this stage and the stages after it")
+    p.add_argument("--backend", default="", help="backend that runs it (default: the chain run's)")
+
+    p = sub.add_parser("retry", help="rerun FAILED or KILLED stages (and the stages they hold back) only")
+    _add_experiment_args(p)
+    _add_cell_arg(p)
+    p.add_argument("--stage", default="", help="only this stage (and the stages after it)")
+    p.add_argument("--backend", default="", help="backend to run on (default: the chain run's)")
+
+    p = sub.add_parser("report", help="the model-zoo table from MLflow: Markdown, CSV, bar chart; logged "
+                                      "to the sweep run")
+    _add_experiment_args(p)
+    p.add_argument("--out", metavar="DIR", help="where to write the files (default outputs/EXP/report-<sweep>)")
 
     p = sub.add_parser("ui", help="serve the MLflow UI on the tracking store")
     p.add_argument("--port", type=int, default=5000)
@@ -55,29 +97,60 @@ def build_parser():
     return parser
 
 
-def _compile(args):
-    experiment = load_experiment(args.experiment, root=".", overrides=args.overrides)
-    return experiment, compile_cell(experiment)
+def _load(args):
+    return load_sweep(args.experiment, root=".", overrides=args.overrides)
 
 
 def _metric_text(row):
     return f"{row.metric}={row.value:.4g}" if row.metric and row.value is not None else "-"
 
 
+def _table(rows, indent="  "):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(v.ljust(w) for v, w in zip(row, widths))).rstrip() for row in rows]
+
+
 def _print_rows(rows):
-    table = [("stage", "type", "status", "run id", "key metric")]
-    table += [(r.stage, r.type or "-", r.status, r.run_id or "-", _metric_text(r)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    """One cell's stages (the single-experiment view: each line starts with the stage name)."""
+    table = [("stage", "type", "state", "job id", "attempt", "run id", "key metric")]
+    table += [(r.stage, r.type or "-", r.status, r.job_id or "-", str(r.attempt or "-"), r.run_id or "-",
+               _metric_text(r)) for r in rows]
+    print("\n".join(_table(table)))
 
 
+def _print_sweep(statuses):
+    """Cells × stages of a sweep; the cell's id and matrix point on its first stage's line."""
+    table = [("cell", "params", "stage", "job id", "state", "attempt", "key metric")]
+    for st in statuses:
+        for i, r in enumerate(st.rows):
+            first = i == 0
+            table.append((st.cell.cell_id[:8] if first else "", st.cell.label if first else "", r.stage,
+                          r.job_id or "-", r.status, str(r.attempt or "-"), _metric_text(r)))
+    print("\n".join(_table(table)))
+
+
+def _counts(statuses):
+    counts = {}
+    for st in statuses:
+        counts[st.status] = counts.get(st.status, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+# -- plan ---------------------------------------------------------------------------------------
 def cmd_plan(args):
     backend = get_backend(args.backend)
-    _experiment, cell = _compile(args)
-    assign_outputs(cell)  # placeholder run ids: nothing exists yet
-    text = format_plan(cell)
-    files = backend.render(Plan(cell, None)) if args.out else {}
+    sweep = _load(args)
+    for cell in sweep.cells:
+        assign_outputs(cell)  # placeholder run ids: nothing exists yet
+    text = format_sweep_plan(sweep)
+    files = {}
+    if args.out:
+        for cell in sweep.cells:
+            for rel, content in backend.render(Plan(cell, None)).items():
+                if sweep.is_matrix and not rel.startswith(OUTPUT_ROOT + "/"):
+                    head, tail = posixpath.split(rel)  # one per cell: local/<cell>/commands.sh
+                    rel = posixpath.join(head, names.file_name(cell.cell_id), tail)
+                files[rel] = content
     sys.stdout.write(text)
     if args.out:
         files["plan.txt"] = text
@@ -90,35 +163,319 @@ def cmd_plan(args):
     return 0
 
 
+# -- submit -------------------------------------------------------------------------------------
+def check_cells_data(cells):
+    """The local backend's pre-flight: every stage's dataset is here (each distinct one checked once)."""
+    from hirl_core.data import check_data
+
+    seen = set()
+    for cell in cells:
+        for stage in cell.stages:
+            data = stage.config.get("data")
+            if not isinstance(data, dict):
+                continue
+            splits = ("train",) if stage.type == "pretrain" else ("train", "val")
+            key = (json.dumps(data, sort_keys=True, default=str), splits)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check_data(data, splits=splits)
+            except ConfigError as exc:
+                raise ConfigError(f"stage {stage.name!r}: {exc}") from None
+
+
 def cmd_submit(args):
     from . import lineage
 
     backend = get_backend(args.backend)
-    experiment, cell = _compile(args)
+    sweep = _load(args)
+    if backend.name == "local":
+        check_cells_data(sweep.cells)
     uri = lineage.tracking_uri()
-    backend.render(Plan(assign_outputs(cell), None, uri))  # preflight: backend settings, before creating runs
-    print(f"experiment {experiment.name}, cell {cell.cell_id}: {len(cell.stages)} stages on {backend.name}",
-          flush=True)
-    runs = lineage.ensure_chain(cell, backend, force=args.force, uri=uri)
-    result = backend.submit(Plan(cell, runs, uri, args.force))
-    chain_state = lineage.end_chain(experiment.name, cell.cell_id, uri=uri)
-    print(f"\nchain {experiment.name}-{cell.cell_id[:8]}: {chain_state}")
-    _print_rows(lineage.chain_status(experiment.name, cell.cell_id, cell.names, uri=uri))
-    print(f"MLflow UI: make ui  (tracking: {uri})")
-    return result.returncode
+    for cell in sweep.cells:  # preflight: backend settings, before creating runs
+        backend.render(Plan(assign_outputs(cell), None, uri))
+    cells = sweep.cells
+    if sweep.is_matrix:
+        print(f"experiment {sweep.name}, sweep {sweep.sweep_id}: {len(cells)} cells, "
+              f"{sum(len(c.stages) for c in cells)} stages on {backend.name}", flush=True)
+    else:
+        print(f"experiment {sweep.name}, cell {cells[0].cell_id}: {len(cells[0].stages)} stages on {backend.name}",
+              flush=True)
+    ref = lineage.SweepRef(sweep.sweep_id, lineage.ensure_sweep_run(sweep, backend, uri) if sweep.is_matrix else "")
+    if ref.run_id:
+        lineage.set_run_status(ref.run_id, "RUNNING", uri)
+    # Every cell's runs exist before anything runs: the UI shows the whole sweep, cancel can reach it.
+    all_runs = [lineage.ensure_chain(cell, backend, force=args.force, uri=uri, sweep=ref) for cell in cells]
+    if sweep.is_matrix and not args.force and all(r.status == "FINISHED" for runs in all_runs for r in runs.values()):
+        print(f"nothing new to run: all {len(cells)} cells are finished (FORCE=1 / --force reruns them)")
+    rc = 0
+    for i, (cell, runs) in enumerate(zip(cells, all_runs), 1):
+        if sweep.is_matrix:
+            print(f"\n== cell {i}/{len(cells)} {cell.cell_id[:8]}: {cell.label}", flush=True)
+        result = backend.submit(Plan(cell, runs, uri, args.force))
+        lineage.end_chain(sweep.name, cell.cell_id, uri=uri)
+        if result.returncode == INTERRUPTED_RC:
+            rc = INTERRUPTED_RC
+            break
+        rc = rc or result.returncode
+    if not sweep.is_matrix:
+        cell = cells[0]
+        chain = lineage.find_chain(sweep.name, cell.cell_id, uri=uri)
+        print(f"\nchain {sweep.name}-{cell.cell_id[:8]}: {chain.info.status if chain else '-'}")
+        rows = lineage.chain_status(sweep.name, cell.cell_id, cell.names, uri=uri)
+        _print_rows(lineage.sweep_status(sweep.name, [cell], uri=uri)[0].rows)
+        print(_summary_line(rows, uri))
+        return rc
+    statuses = lineage.sweep_status(sweep.name, cells, uri=uri)
+    state = lineage.end_sweep(ref.run_id, [st.status for st in statuses], uri)
+    print(f"\nsweep {sweep.name}-{sweep.sweep_id[:8]}: {state} ({_counts(statuses)})")
+    _print_sweep(statuses)
+    print(f"table: hirl report {args.experiment} · open the MLflow UI: make ui  (tracking: {uri})")
+    return rc
+
+
+def _summary_line(rows, uri):
+    """One closing line: KNN of the pre-trained vs the untrained backbone, and where to look."""
+    from . import lineage
+
+    ui = f"open the MLflow UI: make ui  (tracking: {uri})"
+    knn = [r for r in rows if r.type == "knn" and r.run_id and r.status == "FINISHED"]
+    if not knn:
+        return ui
+    metrics = lineage.client(uri).get_run(knn[0].run_id).data.metrics
+    ours, base = metrics.get("knn_top1_k20"), metrics.get("knn_top1_k20_untrained")
+    if ours is None or base is None:
+        return ui
+    return (f"KNN top-1 (k=20): pre-trained {100 * ours:.2f} %, untrained {100 * base:.2f} % "
+            f"({100 * (ours - base):+.2f}) · {ui}")
+
+
+# -- status -------------------------------------------------------------------------------------
+def _settled(statuses):
+    """True when nothing will change without a new submit: no stage runs, none waits on a live upstream."""
+    for st in statuses:
+        state = {r.stage: r.status for r in st.rows}
+        for stage, r in zip(st.cell.stages, st.rows):
+            if r.status == "RUNNING":
+                return False
+            if r.status == "SCHEDULED" and st.chain is not None:
+                up = state.get(stage.upstream) if stage.upstream else None
+                if up is None or up in ("FINISHED", "RUNNING", "SCHEDULED"):
+                    return False
+    return True
 
 
 def cmd_status(args):
     from . import lineage
 
-    experiment, cell = _compile(args)
+    sweep = _load(args)
+    cells = sweep.select(args.cell)
     uri = lineage.tracking_uri()
-    chain = lineage.find_chain(experiment.name, cell.cell_id, uri=uri)
-    if chain is None:
-        print(f"experiment {experiment.name}, cell {cell.cell_id}: no runs yet (hirl submit {args.experiment})")
+    interactive = sys.stdout.isatty()
+    try:
+        while True:
+            statuses = lineage.sweep_status(sweep.name, cells, uri)
+            if args.watch and interactive:
+                sys.stdout.write("\033[H\033[2J")
+            if args.watch:
+                print(time.strftime("%H:%M:%S"), f"(every {args.watch:g} s, Ctrl-C to stop)")
+            _show_status(sweep, statuses, args)
+            sys.stdout.flush()
+            if not args.watch or _settled(statuses):
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
         return 0
-    print(f"experiment {experiment.name}, cell {cell.cell_id}: chain run {chain.info.run_id} {chain.info.status}")
-    _print_rows(lineage.chain_status(experiment.name, cell.cell_id, cell.names, uri=uri))
+
+
+def _show_status(sweep, statuses, args):
+    if not sweep.is_matrix:
+        cell, st = sweep.cells[0], statuses[0]
+        if st.chain is None:
+            print(f"experiment {sweep.name}, cell {cell.cell_id}: no runs yet (hirl submit {args.experiment})")
+            return
+        print(f"experiment {sweep.name}, cell {cell.cell_id}: chain run {st.chain.info.run_id} {st.status}")
+        _print_rows(st.rows)
+        return
+    if all(st.chain is None for st in statuses):
+        print(f"experiment {sweep.name}, sweep {sweep.sweep_id}: no runs yet (hirl submit {args.experiment})")
+        return
+    print(f"experiment {sweep.name}, sweep {sweep.sweep_id}: {len(statuses)} cells ({_counts(statuses)})")
+    _print_sweep(statuses)
+
+
+# -- logs / cancel / retry ----------------------------------------------------------------------
+def _stage_names(cells):
+    out = []
+    for cell in cells:
+        out += [s.name for s in cell.stages if s.name not in out]
+    return out
+
+
+def _check_stage(name, cells):
+    known = _stage_names(cells)
+    if name and name not in known:
+        raise SpecError(f"unknown stage {name!r}{_closest(name, known)}; stages: {', '.join(known)}")
+
+
+def _downstream(cell, roots):
+    """``roots`` and every stage after them in the cell."""
+    chosen = set(roots)
+    for stage in cell.stages:  # topological order
+        if stage.upstream in chosen:
+            chosen.add(stage.name)
+    return chosen
+
+
+def _backend_for(args, status):
+    name = args.backend or (status.chain.data.tags.get("hirl.backend") if status.chain is not None else "") or "local"
+    return get_backend(name)
+
+
+def _handle(cell, row):
+    log_path = os.path.join(cell.root, row.output_dir, "log.txt") if row.output_dir else ""
+    return Handle(row.stage, row.run_id, row.status, log_path)
+
+
+def cmd_logs(args):
+    from . import lineage
+
+    sweep = _load(args)
+    cells = sweep.select(args.cell)
+    if len(cells) > 1:
+        listing = "; ".join(f"{c.cell_id[:8]} {c.label}" for c in cells[:6])
+        raise SpecError(f"{len(cells)} cells match: pick one with --cell (id prefix or key=value): {listing}")
+    cell = cells[0]
+    _check_stage(args.stage, cells)
+    stage = args.stage or cell.stages[0].name
+    uri = lineage.tracking_uri()
+    st = lineage.sweep_status(sweep.name, [cell], uri)[0]
+    row = next(r for r in st.rows if r.stage == stage)
+    if not row.run_id or not row.output_dir:
+        print(f"stage {stage} of cell {cell.cell_id[:8]} has no run yet (hirl submit {args.experiment})",
+              file=sys.stderr)
+        return 1
+    backend = _backend_for(args, st)
+    handle = _handle(cell, row)
+    shown = backend.logs(handle, args.rank)
+    sys.stdout.write(shown)
+    sys.stdout.flush()
+    try:
+        while args.follow:
+            status = lineage.run_status(row.run_id, uri)
+            time.sleep(1.0)
+            text = backend.logs(handle, args.rank)
+            if len(text) > len(shown):
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+            shown = text
+            if status in DONE:
+                break
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_cancel(args):
+    from . import lineage
+
+    sweep = _load(args)
+    cells = sweep.select(args.cell)
+    _check_stage(args.stage, cells)
+    uri = lineage.tracking_uri()
+    statuses = lineage.sweep_status(sweep.name, cells, uri)
+    total, touched = 0, []
+    for st in statuses:
+        if st.chain is None:
+            continue
+        chosen = _downstream(st.cell, [args.stage]) if args.stage else set(st.cell.names)
+        handles = [_handle(st.cell, r) for r in st.rows
+                   if r.stage in chosen and r.run_id and r.status in ("SCHEDULED", "RUNNING")]
+        if not handles:
+            continue
+        acted = _backend_for(args, st).cancel(handles, uri)
+        for h in acted:
+            print(f"cancelled {st.cell.cell_id[:8]} {h.stage} (run {h.run_id}, was {h.state})")
+        total += len(acted)
+        touched.append(st.cell)
+        lineage.end_chain(sweep.name, st.cell.cell_id, uri=uri)
+    if sweep.is_matrix:
+        run = lineage.find_sweep_run(sweep.name, sweep.sweep_id, uri)
+        if run is not None:
+            lineage.end_sweep(run.info.run_id, [s.status for s in lineage.sweep_status(sweep.name, sweep.cells, uri)],
+                              uri)
+    scope = f"stage {args.stage}" if args.stage else ("sweep" if sweep.is_matrix and not args.cell else "cell")
+    if not total:
+        print(f"nothing to cancel in {sweep.name} ({scope}): no stage is scheduled or running")
+    else:
+        print(f"cancelled {total} stages in {len(touched)} cells of {sweep.name} ({scope})")
+    return 0
+
+
+def cmd_retry(args):
+    from . import lineage
+
+    sweep = _load(args)
+    cells = sweep.select(args.cell)
+    _check_stage(args.stage, cells)
+    uri = lineage.tracking_uri()
+    statuses = lineage.sweep_status(sweep.name, cells, uri)
+    todo = []
+    for st in statuses:
+        failed = [r.stage for r in st.rows if r.status in ("FAILED", "KILLED")
+                  and (not args.stage or r.stage == args.stage)]
+        if failed and st.chain is not None:
+            todo.append((st, _downstream(st.cell, failed)))
+    if not todo:
+        print(f"nothing to retry in {sweep.name}: no FAILED or KILLED stage"
+              + (f" named {args.stage}" if args.stage else ""))
+        return 0
+    backends = {id(st): _backend_for(args, st) for st, _ in todo}
+    if any(b.name == "local" for b in backends.values()):
+        check_cells_data([st.cell for st, _ in todo])
+    rc = 0
+    for st, only in todo:
+        runs = lineage.existing_runs(st.cell, uri)
+        if runs is None:
+            print(f"skip cell {st.cell.cell_id[:8]}: some stages have no run (hirl submit {args.experiment})")
+            continue
+        print(f"\n== retry cell {st.cell.cell_id[:8]} {st.cell.label}".rstrip() + f": {', '.join(sorted(only))}",
+              flush=True)
+        result = backends[id(st)].submit(Plan(st.cell, runs, uri, False, only=only))
+        lineage.end_chain(sweep.name, st.cell.cell_id, uri=uri)
+        if result.returncode == INTERRUPTED_RC:
+            return INTERRUPTED_RC
+        rc = rc or result.returncode
+    statuses = lineage.sweep_status(sweep.name, cells, uri)
+    if sweep.is_matrix:
+        run = lineage.find_sweep_run(sweep.name, sweep.sweep_id, uri)
+        if run is not None:
+            lineage.end_sweep(run.info.run_id, [s.status for s in lineage.sweep_status(sweep.name, sweep.cells, uri)],
+                              uri)
+        _print_sweep(statuses)
+    else:
+        _print_rows(statuses[0].rows)
+    return rc
+
+
+# -- report -------------------------------------------------------------------------------------
+def cmd_report(args):
+    from . import lineage, report
+
+    sweep = _load(args)
+    uri = lineage.tracking_uri()
+    statuses = lineage.sweep_status(sweep.name, sweep.cells, uri)
+    if all(st.chain is None for st in statuses):
+        print(f"no runs yet for {sweep.name} (hirl submit {args.experiment})", file=sys.stderr)
+        return 1
+    table = report.build(sweep, statuses)
+    out = args.out or os.path.join(OUTPUT_ROOT, sweep.name, f"report-{sweep.sweep_id[:8]}")
+    paths = report.write(table, out, names.file_name(sweep.name))
+    backend = next((st.chain.data.tags.get("hirl.backend", "local") for st in statuses if st.chain is not None), "local")
+    run_id = report.log_to_mlflow(sweep, table, paths, uri, backend)
+    print(table.markdown, end="")
+    print(f"\nwrote {', '.join(paths.values())}; logged to sweep run {run_id} (artifacts: report/)")
     return 0
 
 
@@ -131,7 +488,8 @@ def cmd_ui(args):
     os.execv(sys.executable, argv)  # replaces this process; Ctrl-C goes straight to the server
 
 
-COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "ui": cmd_ui}
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel,
+            "retry": cmd_retry, "report": cmd_report, "ui": cmd_ui}
 
 
 def main(argv=None):
@@ -143,4 +501,4 @@ def main(argv=None):
         return USAGE_RC
     except KeyboardInterrupt:
         print("hirl: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_RC

@@ -33,6 +33,7 @@ class Stage:
     config_hash: str            # this stage's config and its upstream's hash
     config_path: str = ""       # the spec's config file, for display
     output_dir: str | None = None  # relative to the root: outputs/<exp>/<cell>/<stage>-<run8>
+    resources: dict = field(default_factory=dict)  # the stage's own requests (over the cell's)
 
     @property
     def wired(self):
@@ -50,6 +51,17 @@ class Cell:
     resources: dict = field(default_factory=dict)
     overrides: tuple = ()
     description: str = ""
+    planned: list = field(default_factory=list)   # spec.StageSpec whose type cannot run yet
+    params: dict = field(default_factory=dict)    # matrix axis -> value ({} outside a sweep)
+    method: str = ""            # the experiment row a sweep's `method` axis picked ("" if none)
+    image: str = ""
+    display_name: str = ""
+    baseline: str = ""
+
+    @property
+    def label(self):
+        """The cell's matrix point as text, e.g. ``method=mocov2 seed=0`` ("" outside a sweep)."""
+        return " ".join(f"{k}={format_value(v)}" for k, v in self.params.items())
 
     def stage(self, name):
         for stage in self.stages:
@@ -60,6 +72,17 @@ class Cell:
     @property
     def names(self):
         return [s.name for s in self.stages]
+
+
+def format_value(value):
+    """A matrix value as the override grammar would write it (lists in brackets, no spaces)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _topological(specs):
@@ -89,9 +112,9 @@ def _hashable(stage_type, cfg, wired):
 
 
 def compile_cell(experiment: Experiment) -> Cell:
-    stages, hashes = [], {}
+    stages, hashes, payloads = [], {}, {}
     for spec in _topological(experiment.stages):
-        cfg = Config(copy.deepcopy(spec.config.to_dict()))
+        cfg = Config(spec.config.to_dict())  # to_dict builds new containers: a deep copy
         wired = spec.after is not None and spec.type in EVAL_TYPES
         if wired:
             upstream = experiment.stages[spec.after].config
@@ -101,20 +124,22 @@ def compile_cell(experiment: Experiment) -> Cell:
                 upstream, "backbone", spec.after, f"by downstream {spec.name!r}")))
             set_dotted(cfg, "seed", _require(upstream, "seed", spec.after, f"by downstream {spec.name!r}"))
         _require(cfg, "output_dir", spec.name, "to place its outputs")
-        payload = _hashable(spec.type, cfg, wired)
-        payload["upstream"] = hashes.get(spec.after)
-        hashes[spec.name] = config_hash(payload)
+        payloads[spec.name] = _hashable(spec.type, cfg, wired)
+        hashes[spec.name] = config_hash({**payloads[spec.name], "upstream": hashes.get(spec.after)})
         stages.append(Stage(name=spec.name, type=spec.type, config=cfg, upstream=spec.after,
-                            config_hash=hashes[spec.name], config_path=spec.config_path))
+                            config_hash=hashes[spec.name], config_path=spec.config_path,
+                            resources=dict(spec.resources)))
     edges = sorted((s.upstream, s.name) for s in stages if s.upstream is not None)
     cell_id = config_hash({
         "experiment": experiment.name,
-        "stages": {s.name: _hashable(s.type, s.config, s.wired) for s in stages},
+        "stages": {s.name: payloads[s.name] for s in stages},
         "edges": [list(e) for e in edges],
     })
     return Cell(experiment=experiment.name, cell_id=cell_id, stages=stages, edges=edges,
                 root=experiment.root, resources=dict(experiment.resources),
-                overrides=tuple(experiment.overrides), description=experiment.description)
+                overrides=tuple(experiment.overrides), description=experiment.description,
+                planned=list(experiment.planned.values()), image=experiment.image,
+                display_name=experiment.display_name, baseline=experiment.baseline)
 
 
 def output_dir_for(cell, stage_name, run_id):
@@ -147,8 +172,23 @@ def format_plan(cell) -> str:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
-    for s in cell.stages:
-        if s.wired:
-            lines.append(f"  {s.name} <- {s.upstream}: pretrained = {s.upstream} output/backbone.pth; "
-                         f"backbone, seed = {s.upstream}'s")
+    lines += wiring_lines(cell)
+    lines += planned_lines(cell.planned)
     return "\n".join(lines) + "\n"
+
+
+def wiring_lines(cell):
+    return [f"  {s.name} <- {s.upstream}: pretrained = {s.upstream} output/backbone.pth; "
+            f"backbone, seed = {s.upstream}'s" for s in cell.stages if s.wired]
+
+
+def planned_lines(planned):
+    """Stages kept in the spec whose type cannot run yet ("" when there are none)."""
+    if not planned:
+        return []
+    lines = [f"planned ({len(planned)}; each joins the DAG once `python -m hirl_core <type>` runs it):"]
+    rows = [(p.name, p.type, p.after or "-", p.config_path) for p in planned]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    for row in rows:
+        lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
+    return lines

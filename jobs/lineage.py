@@ -9,6 +9,7 @@ start. MLflow is imported inside functions only: importing it takes seconds and
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from .dag import assign_outputs
 
 DEFAULT_DB = "mlflow.db"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
-# The one number worth a glance per stage type; other evals fall back to any *top1* metric.
-KEY_METRICS = {"pretrain": "loss", "knn": "knn_top1_k20"}
+# The one number worth a glance per stage type; other evals fall back to any *top1* metric
+# (linear/finetune/semisup/transfer log their best val top-1 as a fraction, like knn).
+KEY_METRICS = {"pretrain": "loss", "knn": "knn_top1_k20", "clustering": "nmi"}
 
 
 @dataclass
@@ -41,6 +43,17 @@ class StageStatus:
     status: str
     metric: str = ""       # name of the key metric, "" if none logged
     value: float | None = None
+    attempt: int = 0       # how many times a backend started the stage in this run
+    job_id: str = ""       # the backend's id of its latest attempt (local: the process id)
+    output_dir: str = ""
+    metrics: dict | None = None  # all its latest metrics (report)
+
+
+@dataclass
+class SweepRef:
+    """What ties a chain to the sweep that submitted it."""
+    sweep_id: str
+    run_id: str = ""       # the sweep run (parent of the chain runs); "" for a single experiment
 
 
 def tracking_uri():
@@ -94,6 +107,20 @@ def _search(c, exp_id, filter_string):
                          order_by=["attributes.start_time DESC"], max_results=1000)
 
 
+def _search_all(c, exp_id, filter_string=""):
+    """Every active run matching the filter, newest first (all pages)."""
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = c.search_runs([exp_id], filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+                             order_by=["attributes.start_time DESC"], max_results=5000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def find_chain(experiment_name, cell_id, uri=None):
     """The latest chain run of a cell, or None (never creates anything)."""
     if not store_exists(uri):
@@ -117,26 +144,47 @@ def _backend_name(backend):
     return backend if isinstance(backend, str) else getattr(backend, "name", str(backend))
 
 
-def ensure_chain(cell, backend, force=False, uri=None):
+def _chain_tags(cell, sweep):
+    tags = {}
+    if sweep is not None:
+        tags["hirl.sweep"] = sweep.sweep_id
+        if sweep.run_id:
+            tags["mlflow.parentRunId"] = sweep.run_id
+    if cell.params:
+        tags["hirl.cell_label"] = cell.label
+        tags["hirl.params"] = json.dumps(cell.params, sort_keys=False, default=str)
+    if cell.method:
+        tags["hirl.method"] = cell.method
+    return tags
+
+
+def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
     """Find or create the chain run and a stage run per stage; fill in the cell's output dirs.
 
     A stage's latest run is reused (FINISHED ones are then skipped, others resume in
     the same run) unless ``force`` or its upstream run changed; new runs are SCHEDULED.
+    ``sweep`` (a SweepRef) tags the chain with its sweep id and nests it under the
+    sweep run; a cell shared by a later sweep moves to that sweep.
     """
     c = client(uri)
     bname = _backend_name(backend)
     image = getattr(backend, "image", "local") if not isinstance(backend, str) else "local"
     exp_id = _experiment_id(c, cell.experiment, create=True)
     chain = find_chain(cell.experiment, cell.cell_id, uri)
+    extra = _chain_tags(cell, sweep)
     if chain is None:
         tags = {"hirl.kind": "chain", "hirl.cell": cell.cell_id, "hirl.experiment": cell.experiment,
                 "hirl.backend": bname, "hirl.config_hash": cell.cell_id,
-                "hirl.overrides": " ".join(cell.overrides)}
+                "hirl.overrides": " ".join(cell.overrides), **extra}
         if cell.description:
             tags["mlflow.note.content"] = cell.description
-        chain_id = c.create_run(exp_id, tags=tags, run_name=f"{cell.experiment}-{cell.cell_id[:8]}").info.run_id
+        name = f"{cell.experiment}-{cell.cell_id[:8]}"
+        chain_id = c.create_run(exp_id, tags=tags, run_name=name).info.run_id
     else:
         chain_id = chain.info.run_id
+        for key, value in extra.items():
+            if chain.data.tags.get(key) != value:
+                c.set_tag(chain_id, key, value)
     existing = {} if force else _latest_stage_runs(c, exp_id, chain_id)
 
     runs, created = {}, []
@@ -173,6 +221,18 @@ def run_status(run_id, uri=None):
     return client(uri).get_run(run_id).info.status
 
 
+def run_state(run_id, uri=None):
+    """(status, tags) of a run in one call."""
+    run = client(uri).get_run(run_id)
+    return run.info.status, dict(run.data.tags)
+
+
+def set_tags(run_id, tags, uri=None):
+    c = client(uri)
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
 def set_run_status(run_id, status, uri=None):
     c = client(uri)
     if status in TERMINAL:
@@ -206,6 +266,118 @@ def chain_status(experiment_name, cell_id, stages=None, uri=None):
         metric, value = _key_metric(stype, run.data.metrics)
         rows.append(StageStatus(name, stype, run.info.run_id, run.info.status, metric, value))
     return rows
+
+
+def _stage_status(name, run):
+    if run is None:
+        return StageStatus(name, "", "", "NOT CREATED")
+    tags = run.data.tags
+    stype = tags.get("hirl.stage_type", "")
+    metric, value = _key_metric(stype, run.data.metrics)
+    try:
+        attempt = int(tags.get("hirl.attempt", "0"))
+    except ValueError:
+        attempt = 0
+    return StageStatus(name, stype, run.info.run_id, run.info.status, metric, value, attempt,
+                       tags.get("hirl.job_id", ""), tags.get("hirl.output_dir", ""), dict(run.data.metrics))
+
+
+@dataclass
+class CellStatus:
+    cell: object           # jobs.dag.Cell
+    chain: object          # the latest chain run (mlflow Run) or None
+    rows: list             # StageStatus per stage of the cell, in run order
+
+    @property
+    def status(self):
+        return self.chain.info.status if self.chain is not None else "NOT CREATED"
+
+
+def sweep_status(experiment_name, cells, uri=None):
+    """A CellStatus per cell from one search of the experiment's runs (never creates anything)."""
+    if not store_exists(uri):
+        return [CellStatus(cell, None, [StageStatus(s.name, s.type, "", "NOT CREATED") for s in cell.stages])
+                for cell in cells]
+    c = client(uri)
+    exp_id = _experiment_id(c, experiment_name, create=False)
+    runs = _search_all(c, exp_id) if exp_id is not None else []
+    chains, children = {}, {}
+    for run in runs:  # newest first: the first seen wins
+        tags = run.data.tags
+        if tags.get("hirl.kind") == "chain":
+            chains.setdefault(tags.get("hirl.cell"), run)
+        elif "hirl.stage" in tags and "mlflow.parentRunId" in tags:
+            children.setdefault(tags["mlflow.parentRunId"], {}).setdefault(tags["hirl.stage"], run)
+    out = []
+    for cell in cells:
+        chain = chains.get(cell.cell_id)
+        latest = children.get(chain.info.run_id, {}) if chain is not None else {}
+        rows = []
+        for stage in cell.stages:
+            row = _stage_status(stage.name, latest.get(stage.name))
+            row.type = row.type or stage.type
+            rows.append(row)
+        out.append(CellStatus(cell, chain, rows))
+    return out
+
+
+def existing_runs(cell, uri=None):
+    """{stage: StageRun} of the cell's latest chain, output dirs assigned; None unless every stage has a run."""
+    status = sweep_status(cell.experiment, [cell], uri)[0]
+    if status.chain is None or any(not r.run_id for r in status.rows):
+        return None
+    runs = {r.stage: StageRun(r.stage, r.run_id, r.status, False, "") for r in status.rows}
+    assign_outputs(cell, {name: r.run_id for name, r in runs.items()})
+    for stage in cell.stages:
+        runs[stage.name].output_dir = stage.output_dir
+    return runs
+
+
+def find_sweep_run(experiment_name, sweep_id, uri=None):
+    if not store_exists(uri):
+        return None
+    c = client(uri)
+    exp_id = _experiment_id(c, experiment_name, create=False)
+    if exp_id is None:
+        return None
+    runs = _search(c, exp_id, f"tags.`hirl.kind` = 'sweep' and tags.`hirl.sweep` = '{sweep_id}'")
+    return runs[0] if runs else None
+
+
+def ensure_sweep_run(sweep, backend, uri=None):
+    """Find or create the run that stands for a whole sweep (tag ``hirl.kind=sweep``); its id."""
+    found = find_sweep_run(sweep.name, sweep.sweep_id, uri)
+    if found is not None:
+        return found.info.run_id
+    c = client(uri)
+    exp_id = _experiment_id(c, sweep.name, create=True)
+    tags = {"hirl.kind": "sweep", "hirl.sweep": sweep.sweep_id, "hirl.experiment": sweep.name,
+            "hirl.backend": _backend_name(backend), "hirl.cells": str(len(sweep.cells)),
+            "hirl.overrides": " ".join(sweep.overrides)}
+    if sweep.description:
+        tags["mlflow.note.content"] = sweep.description
+    run_id = c.create_run(exp_id, tags=tags, run_name=f"{sweep.name}-sweep-{sweep.sweep_id[:8]}").info.run_id
+    listing = {"sweep": sweep.sweep_id, "experiment": sweep.name, "axes": sweep.axes,
+               "cells": [{"cell": cell.cell_id, "label": cell.label, "params": cell.params, "method": cell.method,
+                          "stages": cell.names} for cell in sweep.cells]}
+    c.log_text(run_id, json.dumps(listing, indent=2, default=str) + "\n", "sweep.json")
+    return run_id
+
+
+def end_sweep(run_id, cell_statuses, uri=None):
+    """FINISHED when every chain is; KILLED/FAILED when one is; else it stays RUNNING."""
+    states = [s for s in cell_statuses]
+    if states and all(s == "FINISHED" for s in states):
+        final = "FINISHED"
+    elif "KILLED" in states:
+        final = "KILLED"
+    elif "FAILED" in states:
+        final = "FAILED"
+    else:
+        set_run_status(run_id, "RUNNING", uri)
+        return "RUNNING"
+    set_run_status(run_id, final, uri)
+    return final
 
 
 def end_chain(experiment_name, cell_id, uri=None):

@@ -1,8 +1,15 @@
 """Experiment specs (``configs/experiments/<name>.yaml``) → validated, resolved objects.
 
 Everything a user can get wrong (a misspelt experiment, stage type, upstream or
-override key) is rejected here, before lineage or a backend creates anything.
-Each stage config is resolved through ``hirl_core.config``, which is torch-free.
+override key, a resource that is not a number, an unsafe name) is rejected here,
+before lineage or a backend creates anything. Each stage config is resolved through
+``hirl_core.config``, which is torch-free. Matrix axes (sweeps) are expanded by
+``jobs.matrix`` on top of what this module loads.
+
+A stage whose *type* ``python -m hirl_core`` cannot run yet (``linear`` … while only
+``pretrain`` and ``knn`` exist) is *planned*: kept in the spec, shown by ``hirl plan``,
+left out of the runnable DAG, and its config file need not exist yet. It joins the DAG
+by itself the day hirl_core gains that stage type; nothing here changes.
 """
 
 from __future__ import annotations
@@ -16,17 +23,28 @@ import yaml
 
 from hirl_core.config import Config, ConfigError, apply_overrides, get_dotted, load_config, parse_override
 
+from . import names, resources as res
+from .errors import SpecError
+
 SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 STAGE_TYPES = ("pretrain", "knn", "linear", "finetune", "semisup", "clustering", "transfer")
 EVAL_TYPES = tuple(t for t in STAGE_TYPES if t != "pretrain")
 EXPERIMENTS_DIR = os.path.join("configs", "experiments")
-_SPEC_KEYS = ("name", "description", "stages", "resources")
-_STAGE_KEYS = ("type", "config", "overrides", "after")
+MATRIX_KEYS = ("matrix", "include", "exclude")
+_SPEC_KEYS = ("name", "description", "display_name", "baseline", "image", "stages", "resources") + MATRIX_KEYS
+_STAGE_KEYS = ("type", "config", "overrides", "after", "resources")
 _MISSING = object()
+# Stage types the stage runner can execute; None: ask hirl_core (tests pin it).
+RUNNABLE_TYPES = None
 
 
-class SpecError(ValueError):
-    """A user mistake in an experiment spec; the message is one line."""
+def runnable_types():
+    """The stage types ``python -m hirl_core`` runs today (its argparse choices; torch-free import)."""
+    if RUNNABLE_TYPES is not None:
+        return tuple(RUNNABLE_TYPES)
+    from hirl_core.__main__ import STAGES
+
+    return tuple(STAGES)
 
 
 @dataclass
@@ -37,6 +55,8 @@ class StageSpec:
     overrides: tuple = ()       # the spec's own overrides for this stage
     after: str | None = None    # upstream stage name
     config: Config = field(default_factory=Config)  # resolved: file + spec overrides + user overrides
+    resources: dict = field(default_factory=dict)   # this stage's own requests, over the experiment's
+    planned: bool = False       # its type cannot run yet: not in the DAG, config not loaded
 
 
 @dataclass
@@ -48,6 +68,10 @@ class Experiment:
     stages: dict                # name -> StageSpec, in spec order
     resources: dict = field(default_factory=dict)
     overrides: tuple = ()       # the user's overrides (--set), as given
+    planned: dict = field(default_factory=dict)   # name -> StageSpec whose type cannot run yet
+    image: str = ""             # container image for cluster backends ("" = the backend's default)
+    display_name: str = ""      # e.g. "HIRL-MoCo v2": the Method column of `hirl report`
+    baseline: str = ""          # the experiment this one improves on (report deltas)
 
 
 def _closest(word, choices):
@@ -105,7 +129,7 @@ def _check_name(name, what):
                         f"(start with a letter or digit, at most 63 characters)")
 
 
-def _parse_stage(name, raw, spec_path, root):
+def _parse_stage(name, raw, spec_path, root, runnable):
     where = f"stage {name!r} of {spec_path}"
     _check_name(name, "stage name")
     if not isinstance(raw, dict):
@@ -115,10 +139,11 @@ def _parse_stage(name, raw, spec_path, root):
     if stype not in STAGE_TYPES:
         raise SpecError(f"{where}: unknown type {stype!r}{_closest(str(stype), STAGE_TYPES)}; "
                         f"allowed: {', '.join(STAGE_TYPES)}")
+    planned = stype not in runnable
     path = raw.get("config")
     if not isinstance(path, str) or not path:
         raise SpecError(f"{where} needs 'config: <path to a stage config>'")
-    if not os.path.isfile(os.path.join(root, path)):
+    if not planned and not os.path.isfile(os.path.join(root, path)):
         raise SpecError(f"{where}: config file not found: {path}")
     overrides = raw.get("overrides") or []
     if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
@@ -126,7 +151,9 @@ def _parse_stage(name, raw, spec_path, root):
     after = raw.get("after")
     if after is not None and not isinstance(after, str):
         raise SpecError(f"{where}: 'after' must name one stage")
-    return StageSpec(name=name, type=stype, config_path=path, overrides=tuple(overrides), after=after)
+    stage_resources = res.validate(raw.get("resources"), f"{where}: resources")
+    return StageSpec(name=name, type=stype, config_path=path, overrides=tuple(overrides), after=after,
+                     resources=stage_resources, planned=planned)
 
 
 def _check_graph(stages, spec_path):
@@ -141,6 +168,9 @@ def _check_graph(stages, spec_path):
         if stage.type in EVAL_TYPES and upstream.type != "pretrain":
             raise SpecError(f"stage {stage.name!r} of {spec_path}: an eval's 'after' must be a "
                             f"pretrain stage, {upstream.name!r} is {upstream.type!r}")
+        if upstream.planned and not stage.planned:
+            raise SpecError(f"stage {stage.name!r} of {spec_path} runs after {upstream.name!r}, whose type "
+                            f"{upstream.type!r} cannot run yet")
     for start in stages:  # each stage has at most one upstream, so follow the chain
         seen, node = [start], stages[start].after
         while node is not None:
@@ -210,30 +240,98 @@ def apply_user_overrides(stages, overrides):
                 raise ConfigError(f"stage {name!r}: {exc}") from None
 
 
-def load_experiment(name_or_path, root=".", overrides=()) -> Experiment:
-    """Load, validate and resolve an experiment spec; raise SpecError/ConfigError on bad input."""
+def read_spec(name_or_path, root="."):
+    """(absolute path, path relative to root, raw mapping) of a spec; nothing resolved yet."""
     root = os.path.abspath(root)
     path = find_spec(name_or_path, root)
     data = _read_yaml(path)
     rel = os.path.relpath(path, root)
     _check_keys(data, _SPEC_KEYS, rel)
+    return path, rel, data
+
+
+def is_sweep(data):
+    """True when a raw spec has matrix axes (or includes): ``jobs.matrix`` expands it."""
+    return any(key in data for key in MATRIX_KEYS)
+
+
+def spec_name(data, path):
     name = data.get("name", os.path.splitext(os.path.basename(path))[0])
     _check_name(name, "experiment name")
+    return name
+
+
+def _optional_text(data, key, rel):
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"{rel}: {key!r} must be text, got {value!r}")
+    return value
+
+
+def check_image(image, where):
+    if image in (None, ""):
+        return ""
+    if not isinstance(image, str) or not names.IMAGE_REF.fullmatch(image):
+        raise SpecError(f"{where}: unsafe image reference {image!r}")
+    return image
+
+
+def experiment_from_data(data, path, root, overrides=(), name=None):
+    """Validate and resolve a spec's stages (matrix keys are not looked at here)."""
+    root = os.path.abspath(root)
+    rel = os.path.relpath(path, root)
+    name = name or spec_name(data, path)
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, dict) or not raw_stages:
         raise SpecError(f"{rel} needs a non-empty 'stages' mapping")
-    stages = {}
+    runnable = runnable_types()
+    all_stages = {}
     for sname, raw in raw_stages.items():
-        stages[sname] = _parse_stage(sname, raw, rel, root)
-    _check_graph(stages, rel)
+        all_stages[sname] = _parse_stage(sname, raw, rel, root, runnable)
+    _check_graph(all_stages, rel)
+    stages = {n: s for n, s in all_stages.items() if not s.planned}
+    planned = {n: s for n, s in all_stages.items() if s.planned}
+    if not stages:
+        raise SpecError(f"{rel}: no stage can run yet (types {', '.join(s.type for s in planned.values())}; "
+                        f"runnable: {', '.join(runnable)})")
     for stage in stages.values():
         try:
             stage.config = load_config(os.path.join(root, stage.config_path), stage.overrides)
         except ConfigError as exc:
             raise ConfigError(f"stage {stage.name!r} ({stage.config_path}): {exc}") from None
     apply_user_overrides(stages, tuple(overrides))
-    resources = data.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise SpecError(f"{rel}: 'resources' must map a backend name to its settings")
-    return Experiment(name=name, description=str(data.get("description") or ""), path=path, root=root,
-                      stages=stages, resources=resources, overrides=tuple(overrides))
+    resources = res.validate(data.get("resources"), f"{rel}: resources")
+    baseline = _optional_text(data, "baseline", rel)
+    if baseline:
+        _check_name(baseline, "baseline experiment name")
+    return Experiment(name=name, description=_optional_text(data, "description", rel), path=path, root=root,
+                      stages=stages, resources=resources, overrides=tuple(overrides), planned=planned,
+                      image=check_image(data.get("image"), rel), display_name=_optional_text(data, "display_name", rel),
+                      baseline=baseline)
+
+
+def load_experiment(name_or_path, root=".", overrides=()) -> Experiment:
+    """Load, validate and resolve a single-cell experiment spec; raise SpecError/ConfigError on bad input.
+
+    A spec with matrix axes is a sweep: load it with ``jobs.matrix.load_sweep``."""
+    path, rel, data = read_spec(name_or_path, root)
+    if is_sweep(data):
+        raise SpecError(f"{rel} is a sweep (it has {', '.join(k for k in MATRIX_KEYS if k in data)}); "
+                        f"load it with jobs.matrix.load_sweep")
+    return experiment_from_data(data, path, root, overrides)
+
+
+def check_stage_data(experiment: Experiment) -> None:
+    """Raise ConfigError when a stage's dataset is missing on this machine (before anything is created).
+    Only for backends that run here: a cluster's paths need not exist on the submitting laptop."""
+    from hirl_core.data import check_data
+
+    for stage in experiment.stages.values():
+        data = stage.config.get("data")
+        if isinstance(data, dict):
+            try:
+                check_data(data, splits=("train",) if stage.type == "pretrain" else ("train", "val"))
+            except ConfigError as exc:
+                raise ConfigError(f"stage {stage.name!r}: {exc}") from None

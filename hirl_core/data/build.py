@@ -1,4 +1,4 @@
-"""Data for pre-training and evaluation, built from a stage config's `data` section.
+"""Datasets for pre-training and evaluation, built from a stage config's `data` section.
 
     data:
       dataset: fashion_mnist | imagefolder
@@ -16,9 +16,9 @@ from .datasets import ImageFolderWithIndex, InMemoryEval, InMemoryViews
 from .fashion_mnist import load_fashion_mnist
 from .paths import check_data, resolve_root
 from .transforms import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, BatchEvalTransform, BatchViewAugment,
-                         eval_pil_transform, moco_v2_pil_views)
+                         eval_pil_transform, multicrop_from_config)
 
-__all__ = ["build_pretrain_dataset", "build_eval_dataset", "check_data"]
+__all__ = ["build_pretrain_dataset", "build_eval_dataset"]
 
 
 def _fashion_mnist_tensors(data, split: str, subset: int | None):
@@ -34,7 +34,8 @@ def _fashion_mnist_tensors(data, split: str, subset: int | None):
 
 
 def build_pretrain_dataset(data, augment_cfg, n_views: int = 2):
-    """The training set yielding (views, index, target)."""
+    """The training set yielding (views, index, target): `n_views` global views (the method's) and
+    `augment.local_crops` local crops after them (size `augment.local_size`, scale `augment.local_scale`)."""
     check_data(data, splits=("train",))
     size = data.image_size
     if data.dataset == "fashion_mnist":
@@ -42,9 +43,12 @@ def build_pretrain_dataset(data, augment_cfg, n_views: int = 2):
         aug = BatchViewAugment(size, mean, std, crop_scale=augment_cfg.get("crop_scale", (0.5, 1.0)),
                                flip=augment_cfg.get("flip", 0.5), jitter_p=augment_cfg.get("jitter_p", 0.8),
                                brightness=augment_cfg.get("brightness", 0.4),
-                               contrast=augment_cfg.get("contrast", 0.4), n_views=n_views)
+                               contrast=augment_cfg.get("contrast", 0.4), n_views=n_views,
+                               local_crops=augment_cfg.get("local_crops", 0),
+                               local_size=augment_cfg.get("local_size"),
+                               local_scale=augment_cfg.get("local_scale", (0.05, 0.25)))
         return InMemoryViews(x, y, aug)
-    views = moco_v2_pil_views(size, augment_cfg.get("crop_scale", (0.2, 1.0)), n_views)
+    views = multicrop_from_config(augment_cfg, size, n_views)
     return ImageFolderWithIndex(f"{resolve_root(data)}/{data.get('train_dir', 'train')}", views)
 
 

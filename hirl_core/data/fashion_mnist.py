@@ -6,11 +6,10 @@ any download attempt; the files may be gzipped (as Debian ships them) or plain.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 from pathlib import Path
-
-import numpy as np
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -39,7 +38,9 @@ def missing_files(root: str | os.PathLike) -> list[str]:
     return [stem for pair in _FILES.values() for stem in pair if _find(root, stem) is None]
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path):
+    import numpy as np  # here, not at the top: the orchestrator imports this module for `missing_files`
+
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         raw = f.read()
@@ -48,19 +49,19 @@ def _read_idx(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not an unsigned-byte idx file")
     shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: truncated idx file ({data.size} of {int(np.prod(shape))} bytes)")
+    if data.size != math.prod(shape):
+        raise ValueError(f"{path}: truncated idx file ({data.size} of {math.prod(shape)} bytes)")
     return data.reshape(shape)
 
 
-def load_fashion_mnist(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(root: str | os.PathLike, split: str):
     """(images uint8 [N, 28, 28], labels int64 [N]) of `split` in {'train', 'test'}."""
     root = Path(root)
     img_stem, lbl_stem = _FILES[split]
     img_path, lbl_path = _find(root, img_stem), _find(root, lbl_stem)
     if img_path is None or lbl_path is None:
         raise FileNotFoundError(f"Fashion-MNIST {split} idx files not found under {root}")
-    images, labels = _read_idx(img_path), _read_idx(lbl_path).astype(np.int64)
+    images, labels = _read_idx(img_path), _read_idx(lbl_path).astype("int64")
     if len(images) != len(labels):
         raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels")
     return images, labels

@@ -74,3 +74,20 @@ def barrier() -> None:
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
+
+
+@torch.no_grad()
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of `x` over all ranks (a new tensor; no gradient)."""
+    x = x.clone()
+    if is_dist():
+        dist.all_reduce(x)
+    return x
+
+
+@torch.no_grad()
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    if is_dist():
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x

@@ -20,12 +20,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..config import dump_config
-from ..data import build_pretrain_dataset
+from ..data.build import build_eval_dataset, build_pretrain_dataset
+from ..hirl.epoch import recluster, tree_from_state, tree_state
+from ..hirl.wrapper import HIRL
 from ..methods import build_method
 from ..tracking import Tracker
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .optim import (build_optimizer, clip_gradients, scaled_lr, scheduled_lr, scheduled_weight_decay, set_lr,
+                    set_weight_decay)
 
 
 class Interrupted(Exception):
@@ -59,9 +62,21 @@ def run_pretrain(cfg) -> dict:
     state = ckpt.load_training_checkpoint(out)
     seed_all(cfg.seed)  # the model is initialised from the seed alone (the KNN "untrained" baseline relies on it)
     method = build_method(cfg).to(info.device)
+    if cfg.get("sync_bn") and info.world_size > 1 and info.device.type == "cuda":
+        # torch's SyncBatchNorm runs on GPUs only; CPU multi-process runs keep per-rank BN
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    hirl = None
+    if cfg.get("hirl") is not None:  # after SyncBN: the seed's level heads use plain BatchNorm1d
+        method = hirl = HIRL(method, cfg.hirl).to(info.device)
     dataset = build_pretrain_dataset(cfg.data, cfg.get("augment", {}), n_views=method.n_views)
     total_batch = cfg.batch_size * info.world_size
-    optimizer = build_optimizer(cfg.optimizer, method, total_batch)
+    optimizer = build_optimizer(cfg.optimizer, hirl.model if hirl else method, total_batch)
+    if hirl is not None:
+        # The level heads: one extra group on the same LR schedule (the seed's). Its weight decay is the
+        # configured one; the seed's group silently took the optimiser's default (AdamW: 0.01 for DINO).
+        optimizer.add_param_group({"params": list(hirl.heads.parameters()),
+                                   "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0))})
+        cluster_set = build_eval_dataset(cfg.data, "train")  # same images, same order, eval transform
     precision = _precision(cfg, info.device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     start_epoch = 0
@@ -70,9 +85,12 @@ def run_pretrain(cfg) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch = state["epoch"]
+        if hirl is not None and state.get("hirl_tree"):
+            hirl.set_tree(tree_from_state(state["hirl_tree"]), info.device)
     model = method
     if info.world_size > 1:
-        model = DistributedDataParallel(method, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        model = DistributedDataParallel(method, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                        find_unused_parameters=hirl is not None)  # heads idle before warm-up
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "config.yaml").exists():
@@ -88,19 +106,28 @@ def run_pretrain(cfg) -> dict:
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGUSR2)}
     history = []
     try:
+        assumed = cfg.get("assumed_gpus")
+        if assumed and assumed != info.world_size:
+            _say(info, f"note: the config assumes {assumed} GPUs, this run has {info.world_size}; the LR is "
+                       f"scaled to the actual total batch {total_batch}, so the recipe differs from the seed's")
         if start_epoch:
             _say(info, f"resuming from {out / ckpt.CHECKPOINT} at epoch {start_epoch}/{cfg.epochs}")
         for epoch in range(start_epoch, cfg.epochs):
+            if hirl is not None and epoch >= cfg.hirl.cluster_warmup_epoch:
+                _say(info, f"epoch {epoch + 1}: hierarchical k-means {hirl.num_cluster}")
+                tracker.metrics(recluster(hirl, cfg.hirl, cluster_set, epoch, out, info.device, info.is_main),
+                                step=epoch)
             stats = _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision, epoch)
             history.append(stats)
             if info.is_main:
                 ckpt.atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
-                                  "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id}, out / ckpt.CHECKPOINT)
+                                  "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
+                                  "hirl_tree": tree_state(hirl.tree, epoch) if hirl else None}, out / ckpt.CHECKPOINT)
             tracker.metrics(stats, step=epoch)
             barrier()
         if info.is_main:
-            ckpt.export_backbone(method, out / ckpt.BACKBONE)
+            ckpt.export_backbone(method, out / ckpt.BACKBONE, prefix="model.backbone." if hirl else "backbone.")
         tracker.finish("FINISHED")
     except Interrupted as why:
         _say(info, f"interrupted by {why}; resume point: {out / ckpt.CHECKPOINT}")
@@ -131,31 +158,39 @@ def _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision
     total_steps = steps_per_epoch * cfg.epochs
     base_lr = scaled_lr(cfg.optimizer, cfg.batch_size * info.world_size)
     sched = cfg.get("schedule", {})
-    warmup = int(sched.get("warmup_epochs", 0) * steps_per_epoch)
     model.train()
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+    log_sums: dict[str, float] = {}
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0,
                dynamic_ncols=True, file=sys.stdout)
-    for i, (views, _index, _target) in enumerate(bar):
+    for i, (views, index, _target) in enumerate(bar):
         step = epoch * steps_per_epoch + i
-        lr = cosine_lr(base_lr, step, total_steps, warmup, sched.get("min_lr", 0.0))
+        lr = scheduled_lr(sched, base_lr, step, steps_per_epoch, total_steps)
         set_lr(optimizer, lr)
+        wd = scheduled_weight_decay(cfg.optimizer, step, total_steps)
+        if wd is not None:
+            set_weight_decay(optimizer, wd)
+        method.on_step_start(step, total_steps, steps_per_epoch)
         views = [v.to(info.device, non_blocking=True) for v in views]
         with _autocast(info.device, precision):
-            out = model(views)
+            out = model(views, index) if getattr(method, "uses_index", False) else model(views)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()
         if cfg.get("clip_grad"):
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.clip_grad)
+            clip_gradients(method.parameters(), cfg.clip_grad, cfg.get("clip_grad_mode", "global"))
+        method.before_optimizer_step()
         scaler.step(optimizer)
         scaler.update()
         method.after_step((step + 1) / total_steps)
         loss_sum += out.loss.item()
+        for key, value in out.logs.items():
+            log_sums[key] = log_sums.get(key, 0.0) + float(value)
         seen += len(views[0]) * info.world_size
         bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{lr:.2e}",
                         img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     bar.close()
     elapsed = time.perf_counter() - t0
     loss = all_reduce_mean(torch.tensor(loss_sum / max(1, steps_per_epoch), device=info.device)).item()
-    return {"loss": loss, "lr": lr, "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
+    logs = {k: v / max(1, steps_per_epoch) for k, v in log_sums.items()}  # rank 0's epoch means
+    return {"loss": loss, "lr": lr, "images_per_s": seen / elapsed, "epoch_time_s": elapsed, **logs}

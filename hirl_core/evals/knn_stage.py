@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, dump_config, load_config
-from ..data import build_eval_dataset, check_data
+from ..data import check_data
+from ..data.build import build_eval_dataset
 from ..engine.distributed import init_distributed
 from ..engine.pretrain import seed_all
 from ..models import build_backbone

@@ -27,6 +27,8 @@ from .paths import LevelHeads, lift, path_loss, sample_negative_paths
 
 
 class HIRL(SSLMethod):
+    uses_index = True  # the engine passes each image's dataset index (to look up its path)
+
     def __init__(self, model: SSLMethod, cfg):
         super().__init__()
         if cfg.get("activation", "relu") != "relu":
@@ -86,6 +88,13 @@ class HIRL(SSLMethod):
     @torch.no_grad()
     def forward_feature(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_feature(images)
+
+    # The wrapped method's schedule hooks (momentum, teacher temperature, frozen layers) still apply.
+    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        self.model.on_step_start(step, total_steps, steps_per_epoch)
+
+    def before_optimizer_step(self) -> None:
+        self.model.before_optimizer_step()
 
     def after_step(self, progress: float) -> None:
         self.model.after_step(progress)

@@ -8,9 +8,17 @@ A method is an nn.Module holding `backbone` (the network exported for evaluation
 `forward_feature(images)` gives the features HIRL clusters (momentum/teacher branch where one exists).
 `after_step(progress)` runs after each optimiser step (momentum encoders, EMA teachers), with
 `progress` in [0, 1] over the whole schedule.
+
+Per-iteration schedules that must be known before the forward (teacher temperature, momentum, the
+epoch for frozen layers or masking) come from `on_step_start(step, total_steps, steps_per_epoch)`;
+`before_optimizer_step()` runs between backward (and clipping) and the optimiser step, for gradients
+that must be dropped (DINO's frozen last layer, SwAV's frozen prototypes). Views arrive as
+`n_views` global crops followed by any local crops (`augment.local_crops`).
+`fixed_lr_prefixes` names parameters whose LR stays at the scaled base LR (SimSiam's predictor).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,8 +33,9 @@ class MethodOutput:
 
 
 class SSLMethod(nn.Module):
-    n_views: int = 2
+    n_views: int = 2           # global views the method needs; local crops come after them
     inst_dim: int = 0
+    fixed_lr_prefixes: tuple[str, ...] = ()
 
     def forward(self, views: list[torch.Tensor]) -> MethodOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -37,6 +46,12 @@ class SSLMethod(nn.Module):
 
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step; default: nothing."""
+
+    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Called before every forward with the global iteration (0-based); default: nothing."""
+
+    def before_optimizer_step(self) -> None:
+        """Called after backward and gradient clipping, before the optimiser step; default: nothing."""
 
 
 def mlp(dims: list[int], batch_norm: bool = False, last_bias: bool = True) -> nn.Sequential:
@@ -58,3 +73,32 @@ def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
     BatchNorm statistics, as in MoCo."""
     for t, s in zip(target.parameters(), source.parameters()):
         t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+
+
+def cosine_ramp(start: float, end: float, progress: float) -> float:
+    """Half-cosine from `start` (progress 0) to `end` (progress 1): momentum and wd schedules."""
+    progress = min(max(progress, 0.0), 1.0)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
+
+
+def split_views(views: list[torch.Tensor], n_global: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return list(views[:n_global]), list(views[n_global:])
+
+
+def forward_by_resolution(net, views: list[torch.Tensor]) -> torch.Tensor:
+    """`net` on all views, one call per run of equal-sized consecutive views (global crops together,
+    local crops together, as the seed's multi-crop wrapper does); outputs concatenated in view order."""
+    outs, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        outs.append(net(torch.cat(views[start:end])))
+        start = end
+    return torch.cat(outs)
+
+
+def cancel_grads(module: nn.Module) -> None:
+    """Drop the gradients of `module`: the optimiser then skips its parameters (no update, no decay)."""
+    for p in module.parameters():
+        p.grad = None

@@ -8,6 +8,11 @@
       in_chans: 3
       image_size: 224      # ViTs
       patch_size: 16       # ViTs
+      drop_path_rate: 0.0  # ViTs
+      pos_embed: learned   # ViTs: learned | sincos
+      weight_init: timm    # ViTs: timm | mocov3
+      depth: null          # ViTs: blocks (null: the arch's 12)
+      zero_init_residual: false  # ResNets
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ class Plan:
     runs: dict | None             # stage -> jobs.lineage.StageRun; None for a dry run
     tracking_uri: str = ""
     force: bool = False
+    only: set | None = None       # run just these stages (retry); others are skipped or held
 
 
 @dataclass
@@ -46,12 +47,18 @@ class Backend(ABC):
     name = ""
     image = "local"               # recorded as the hirl.image tag of each stage run
 
-    def options(self, plan):
-        """This backend's settings from the spec's ``resources: {<backend>: {...}}``."""
-        opts = (plan.cell.resources or {}).get(self.name) or {}
-        if not isinstance(opts, dict):
-            raise BackendError(f"resources.{self.name} must be a mapping, got {opts!r}")
-        return opts
+    def options(self, plan, stage=None):
+        """This backend's settings: the spec's common ``resources`` keys, then its ``<backend>``
+        section, then the stage's own ``resources`` over both (see jobs.resources)."""
+        from .. import resources
+
+        merged = plan.cell.resources or {}
+        if stage is not None and getattr(stage, "resources", None):
+            merged = resources.merge(merged, stage.resources)
+        section = merged.get(self.name)
+        if section is not None and not isinstance(section, dict):
+            raise BackendError(f"resources.{self.name} must be a mapping, got {section!r}")
+        return resources.effective(merged, self.name)
 
     @abstractmethod
     def render(self, plan) -> dict:
@@ -66,12 +73,18 @@ class Backend(ABC):
         """{stage: state} for submitted handles."""
 
     @abstractmethod
-    def logs(self, handle) -> str:
-        """The log text of one stage so far."""
+    def logs(self, handle, rank=None) -> str:
+        """The log text of one stage so far (one rank's lines where the backend keeps them apart)."""
 
     @abstractmethod
-    def cancel(self, handles) -> None:
-        """Stop submitted stages that have not finished."""
+    def cancel(self, handles, uri=None) -> list:
+        """Stop submitted stages that have not finished; return the handles it stopped or marked."""
+
+    def job_name(self, cell, stage):
+        """A name for the backend's job, safe whatever the user strings (jobs.names)."""
+        from .. import names
+
+        return names.k8s_name("hirl", cell.experiment, cell.method, stage.name, cell.cell_id[:8])
 
 
 # name -> "module:Class"; imported only when asked for.

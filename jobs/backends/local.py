@@ -4,6 +4,11 @@ Each stage gets its resolved config at ``<output_dir>/config.yaml`` and its MLfl
 run through ``MLFLOW_RUN_ID``; it marks its own run RUNNING/FINISHED/FAILED. This
 backend only fills in what a stage could not: a crash (FAILED), a signal or
 Ctrl-C (KILLED), or a clean exit that never closed its run (FINISHED).
+
+While a stage runs, ``<output_dir>/pid`` holds its process id (its own process group)
+and the run's tags ``hirl.job_id``/``hirl.attempt`` say which process and which start
+it is; ``hirl cancel`` from another shell uses them. A stage whose run turns KILLED
+while the submission is under way (cancelled) is not started.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from hirl_core.config import dump_config, dumps_config
@@ -41,8 +47,8 @@ class LocalBackend(Backend):
         self._proc = None
 
     # -- what would run -------------------------------------------------------
-    def nproc(self, plan):
-        n = self.options(plan).get("nproc_per_node", 1)
+    def nproc(self, plan, stage=None):
+        n = self.options(plan, stage).get("nproc_per_node", 1)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise BackendError(f"resources.local.nproc_per_node must be a positive integer, got {n!r}")
         return n
@@ -67,14 +73,15 @@ class LocalBackend(Backend):
     def render(self, plan):
         """Configs and a commands listing, byte-stable: the interpreter shows as ``python``
         and the tracking URI (an absolute path) is left out."""
-        nproc = self.nproc(plan)
         files = {}
         lines = [f"# hirl local backend: experiment {plan.cell.experiment}, cell {plan.cell.cell_id}",
                  "# run from the repo root, one stage after another; each also gets MLFLOW_TRACKING_URI", ""]
+        if plan.cell.label:
+            lines.insert(1, f"# matrix point: {plan.cell.label}")
         for stage in plan.cell.stages:
             files[posixpath.join(stage.output_dir, "config.yaml")] = dumps_config(stage.config)
             run_id = plan.runs[stage.name].run_id if plan.runs else "<run-id>"
-            argv = self.command(stage, nproc)
+            argv = self.command(stage, self.nproc(plan, stage))
             if argv and argv[0] == sys.executable:
                 argv[0] = "python"
             env = self.stage_env(stage, run_id, "")
@@ -89,7 +96,7 @@ class LocalBackend(Backend):
     def submit(self, plan):
         if not plan.runs:
             raise BackendError("the local backend needs the stage runs from lineage.ensure_chain")
-        nproc = self.nproc(plan)
+        nprocs = {stage.name: self.nproc(plan, stage) for stage in plan.cell.stages}
         handles, interrupted = {}, False
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:  # a supervisor's SIGTERM must stop the stage too, as Ctrl-C does
@@ -103,12 +110,22 @@ class LocalBackend(Backend):
                     _say(f"hold {stage.name}: {held}; run {run.run_id} stays {run.status}")
                     handles[stage.name] = Handle(stage.name, run.run_id, run.status, log_path, reason=held)
                     continue
-                status = lineage.run_status(run.run_id, plan.tracking_uri)
+                status, tags = lineage.run_state(run.run_id, plan.tracking_uri)
                 if status == "FINISHED" and not plan.force:
                     _say(f"skip {stage.name} (finished, run {run.run_id})")
                     handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="finished")
                     continue
-                handle, interrupted = self._run_stage(stage, run.run_id, status, plan, nproc, log_path)
+                if status == "KILLED" and run.status != "KILLED":
+                    _say(f"hold {stage.name}: cancelled; run {run.run_id} is KILLED")
+                    handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="cancelled")
+                    continue
+                if plan.only is not None and stage.name not in plan.only:
+                    _say(f"hold {stage.name}: not selected; run {run.run_id} stays {status}")
+                    handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="not selected")
+                    continue
+                attempt = _int(tags.get("hirl.attempt")) + 1
+                handle, interrupted = self._run_stage(stage, run.run_id, status, plan, nprocs[stage.name],
+                                                      log_path, attempt)
                 handles[stage.name] = handle
         finally:
             if on_main:  # None: the old handler was not set from Python
@@ -128,7 +145,7 @@ class LocalBackend(Backend):
             return f"upstream {stage.upstream} is {handles[stage.upstream].state}"
         return ""
 
-    def _run_stage(self, stage, run_id, status, plan, nproc, log_path):
+    def _run_stage(self, stage, run_id, status, plan, nproc, log_path, attempt=1):
         out = Path(plan.cell.root, stage.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         dump_config(stage.config, out / "config.yaml")
@@ -137,12 +154,16 @@ class LocalBackend(Backend):
         was = "" if status == "SCHEDULED" else f", was {status}"
         _say(f"run {stage.name} (run {run_id}{was}): {shlex.join(argv)}")
         interrupted = False
+        pid_file = out / PID_FILE
         with open(log_path, "ab") as log:  # append: a resumed stage keeps its earlier attempts
             # Own session: Ctrl-C reaches only us, and we stop the whole group (torchrun + workers).
             proc = subprocess.Popen(argv, cwd=plan.cell.root, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             self._proc = proc
             try:
+                _write_atomic(pid_file, f"{proc.pid}\n")
+                lineage.set_tags(run_id, {"hirl.job_id": str(proc.pid), "hirl.attempt": str(attempt)},
+                                 plan.tracking_uri)
                 _pump(proc.stdout, log)
                 proc.wait()
             except KeyboardInterrupt:
@@ -152,6 +173,9 @@ class LocalBackend(Backend):
             finally:
                 proc.stdout.close()
                 self._proc = None
+                if proc.poll() is None:  # an error above while the stage still runs: do not orphan it
+                    self._terminate(proc)
+                pid_file.unlink(missing_ok=True)
         code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
         state = self._reconcile(run_id, code, interrupted, plan.tracking_uri)
         _say(f"{'done' if state == 'FINISHED' else 'stop'} {stage.name}: {state} (exit code {code}, "
@@ -190,20 +214,122 @@ class LocalBackend(Backend):
     def status(self, handles):
         return {h.stage: lineage.run_status(h.run_id) for h in handles}
 
-    def logs(self, handle):
+    def logs(self, handle, rank=None):
+        """The stage's ``log.txt`` (all attempts). Ranks share one stream locally: ``rank`` keeps
+        the lines torchrun prefixed with ``[rank<N>]:``, or everything for rank 0 when none are."""
         try:
             with open(handle.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
+                text = f.read()
         except FileNotFoundError:
             return ""
+        if rank is None:
+            return text
+        prefix = f"[rank{rank}]:"
+        lines = text.splitlines(keepends=True)
+        if any(line.startswith("[rank") for line in lines):
+            return "".join(line for line in lines if line.startswith(prefix))
+        return text if rank == 0 else ""
 
-    def cancel(self, handles):
-        """Stop our running stage, if any, and mark never-started stages KILLED."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._terminate(self._proc)
+    def cancel(self, handles, uri=None):
+        """Stop stages from any process: never-started runs turn KILLED first (a running submit then
+        holds them), running ones get SIGTERM via the pid in their output dir (SIGKILL after
+        ``grace_s``), and any run left unfinished is marked KILLED. Returns the handles acted on."""
+        uri = uri or lineage.tracking_uri()
+        acted = []
         for h in handles:
-            if lineage.run_status(h.run_id) == "SCHEDULED":
-                lineage.set_run_status(h.run_id, "KILLED")
+            if lineage.run_status(h.run_id, uri) == "SCHEDULED":
+                lineage.set_run_status(h.run_id, "KILLED", uri)
+                acted.append(h)
+        if self._proc is not None and self._proc.poll() is None:  # our own foreground stage
+            self._terminate(self._proc)
+        pending = [h for h in handles if lineage.run_status(h.run_id, uri) == "RUNNING"]
+        for _round in range(4):  # a stage may be between its start and writing its pid file
+            live = []
+            for h in pending:
+                pid = _stage_pid(h)
+                if pid is not None:
+                    _say(f"stop {h.stage}: SIGTERM to process group {pid} (run {h.run_id})")
+                    _signal_group(pid, signal.SIGTERM)
+                    live.append((h, pid))
+            _wait_gone([pid for _, pid in live], self.grace_s)
+            for h, pid in live:
+                if _alive(pid):
+                    _say(f"stop {h.stage}: still alive after {self.grace_s:g} s, SIGKILL")
+                    _signal_group(pid, signal.SIGKILL)
+            _wait_gone([pid for _, pid in live], 5.0)
+            acted += [h for h, _ in live if h not in acted]
+            done = {id(h) for h, _ in live}
+            pending = [h for h in pending if id(h) not in done]
+            if not pending:
+                break
+            time.sleep(0.5)
+        for h in handles:  # the stage marks itself KILLED on SIGTERM; a stage that could not is marked here
+            if lineage.run_status(h.run_id, uri) in PENDING:
+                lineage.set_run_status(h.run_id, "KILLED", uri)
+                if h not in acted:
+                    acted.append(h)
+        return acted
+
+
+PID_FILE = "pid"
+
+
+def _int(text):
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _write_atomic(path, text):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _stage_pid(handle):
+    """The live process id recorded for a stage, checked to be that stage (not a reused pid)."""
+    pid_file = Path(handle.log_path).parent / PID_FILE
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _alive(pid):
+        return None
+    environ = Path(f"/proc/{pid}/environ")
+    if environ.parent.exists():
+        try:
+            if f"MLFLOW_RUN_ID={handle.run_id}".encode() not in environ.read_bytes().split(b"\0"):
+                return None
+        except OSError:
+            return None
+    return pid
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead, waiting for its parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _signal_group(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _raise_interrupt(signum, frame):

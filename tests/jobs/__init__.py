@@ -12,6 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def make_root(dest):
     """A repo-like root with the fixture configs (experiments, tiny stage configs)."""
     shutil.copytree(FIXTURES / "configs", Path(dest) / "configs")
+    for split in ("train", "val"):  # the fixture configs' (empty) ImageFolder, so data checks pass
+        (Path(dest) / "data" / split).mkdir(parents=True, exist_ok=True)
     return Path(dest)
 
 

@@ -109,13 +109,13 @@ def test_bad_input_creates_no_store_and_no_dirs(root, capsys):
     assert err[0].startswith("hirl: error: unknown experiment 'nope'; available: demo")
     assert err[1].startswith("hirl: error: unknown config key 'optimizer.lrr' (did you mean: optimizer.lr?)")
     assert err[2] == "hirl: error: unknown backend 'nowhere'; available: local"
+    assert cli.main(["status", "demo"]) == 0
+    assert "no runs yet" in capsys.readouterr().out
     (root / "configs/experiments/demo.yaml").write_text(
         (root / "configs/experiments/demo.yaml").read_text().replace("nproc_per_node: 1", "nproc_per_node: 0"))
     assert cli.main(["submit", "demo"]) == 2
     assert "nproc_per_node must be a positive integer" in capsys.readouterr().err
-    assert cli.main(["status", "demo"]) == 0
-    assert "no runs yet" in capsys.readouterr().out
-    assert sorted(p.name for p in root.iterdir()) == ["configs"]
+    assert sorted(p.name for p in root.iterdir()) == ["configs", "data"]
 
 
 def test_render_is_a_byte_stable_dry_run(root):

@@ -1,0 +1,228 @@
+"""``hirl report``: the seed README's model-zoo table, generated from MLflow for a sweep.
+
+One row per cell: Method, the other matrix values (e.g. seed), Arch., Epochs, Batch Size
+(per-GPU batch × processes, as the seed states it), then one column per evaluation
+the cells declare (KNN, Linear, Fine-tune, Semi-sup 1 % / 10 %, Clustering, Places205)
+with the key metric of that stage's latest run, in percent. A row whose experiment
+names a ``baseline`` gets its difference to the baseline's row at the same other
+matrix values ("57.56 (+1.82)"). Written as Markdown, CSV and a bar chart (PNG), and
+logged as artifacts of the sweep run (created if the sweep has none yet).
+
+matplotlib (and the numpy it pulls in) is imported here only, inside ``chart``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+
+from . import resources
+from .dag import format_value
+
+# (column title, stage name or type it reads). A stage named like the seed's chain wins over a type match.
+EVAL_COLUMNS = (("KNN", "knn"), ("Linear", "linear"), ("Fine-tune", "finetune"), ("Semi-sup 1%", "semisup_1pct"),
+                ("Semi-sup 10%", "semisup_10pct"), ("Clustering NMI", "clustering"), ("Places205", "transfer_places205"))
+_TYPE_OF = {"knn": "knn", "linear": "linear", "finetune": "finetune", "semisup_1pct": "semisup",
+            "semisup_10pct": "semisup", "clustering": "clustering", "transfer_places205": "transfer"}
+_ARCH = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
+         "vit_tiny": "ViT-T", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L"}
+MISSING = "–"
+
+
+@dataclass
+class Table:
+    columns: list                       # titles, in order
+    rows: list                          # dict title -> cell text (Markdown)
+    values: list                        # dict eval title -> float percent (or None), per row
+    deltas: list                        # dict eval title -> float points vs the baseline (or None), per row
+    params: list                        # the extra matrix columns (not Method)
+    evals: list                         # the eval column titles present
+    run_ids: list = field(default_factory=list)  # dict eval title -> stage run id, per row
+    markdown: str = ""
+    csv: str = ""
+
+
+def _stage_for(cell_stages, key):
+    """The stage (runnable or planned) a column reads: by name, else the first of that type."""
+    for s in cell_stages:
+        if s.name == key:
+            return s
+    for s in cell_stages:
+        if s.type == _TYPE_OF[key] and s.name not in _TYPE_OF:
+            return s
+    return None
+
+
+def arch_text(backbone):
+    if not isinstance(backbone, dict):
+        return MISSING
+    arch = str(backbone.get("arch", ""))
+    text = _ARCH.get(arch, arch or MISSING)
+    if arch.startswith("vit_"):
+        text += f"/{backbone.get('patch_size', 16)}"
+    width = backbone.get("width")
+    if arch.startswith("resnet") and width not in (None, 64):
+        text += f" (width {width})"
+    return text
+
+
+def _pretrain(cell):
+    return next((s for s in cell.stages if s.type == "pretrain"), None)
+
+
+def _batch(cell, backend):
+    pre = _pretrain(cell)
+    if pre is None or not isinstance(pre.config.get("batch_size"), int):
+        return None
+    merged = resources.merge(cell.resources, pre.resources)
+    return pre.config["batch_size"] * resources.world_size(merged, backend)
+
+
+def _fmt(value):
+    return f"{value:.2f}" if value is not None else MISSING
+
+
+def build(sweep, statuses):
+    """The table for a sweep from its cells and their MLflow stage runs (lineage.sweep_status)."""
+    cells = [st.cell for st in statuses]
+    params = []
+    for cell in cells:
+        params += [k for k in cell.params if k != "method" and k not in params]
+    evals = []
+    for title, key in EVAL_COLUMNS:
+        if any(_stage_for(list(c.stages) + list(c.planned), key) is not None for c in cells):
+            evals.append(title)
+    keys = dict(EVAL_COLUMNS)
+    columns = ["Method", *params, "Arch.", "Epochs", "Batch Size", *evals]
+
+    values, run_ids, base_rows = [], [], []
+    for st in statuses:
+        by_name = {r.stage: r for r in st.rows}
+        vals, ids = {}, {}
+        for title in evals:
+            stage = _stage_for(st.cell.stages, keys[title])
+            row = by_name.get(stage.name) if stage is not None else None
+            if row is not None and row.status == "FINISHED" and row.value is not None:
+                vals[title] = 100.0 * row.value
+                ids[title] = row.run_id
+            else:
+                vals[title] = None
+        values.append(vals)
+        run_ids.append(ids)
+
+    def point(cell):
+        return tuple((k, format_value(v)) for k, v in cell.params.items() if k != "method")
+
+    index = {(c.method, point(c)): i for i, c in enumerate(cells)}
+    deltas, rows = [], []
+    for i, st in enumerate(statuses):
+        cell = st.cell
+        base = index.get((cell.baseline, point(cell))) if cell.baseline else None
+        delta = {}
+        for title in evals:
+            ours, theirs = values[i][title], values[base][title] if base is not None else None
+            delta[title] = ours - theirs if ours is not None and theirs is not None else None
+        deltas.append(delta)
+        backend = (st.chain.data.tags.get("hirl.backend") if st.chain is not None else "") or "local"
+        pre = _pretrain(cell)
+        batch = _batch(cell, backend)
+        row = {"Method": cell.display_name or cell.method or sweep.name,
+               "Arch.": arch_text(pre.config.get("backbone")) if pre else MISSING,
+               "Epochs": str(pre.config.get("epochs", MISSING)) if pre else MISSING,
+               "Batch Size": str(batch) if batch is not None else MISSING}
+        for k in params:
+            row[k] = format_value(cell.params[k]) if k in cell.params else MISSING
+        for title in evals:
+            text = _fmt(values[i][title])
+            if delta[title] is not None:
+                text += f" ({delta[title]:+.2f})"
+            row[title] = text
+        rows.append(row)
+    table = Table(columns, rows, values, deltas, params, evals, run_ids)
+    table.markdown = to_markdown(table, sweep)
+    table.csv = to_csv(table)
+    return table
+
+
+def to_markdown(table, sweep):
+    centered = {"Epochs", "Batch Size", *table.evals, *table.params}
+    head = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join(":------:" if c in centered else "---------------" for c in table.columns) + "|"
+    body = ["| " + " | ".join(row[c].replace("|", "\\|") for c in table.columns) + " |" for row in table.rows]
+    title = f"{sweep.name} (sweep {sweep.sweep_id})"
+    note = ("Top-1 accuracy in % from each stage's latest finished MLflow run (KNN: k = 20; Clustering: NMI); "
+            "(±x): difference to the row's baseline. Batch Size = per-GPU batch × processes.")
+    return "\n".join([f"# {title}", "", note, "", head, rule, *body]) + "\n"
+
+
+def to_csv(table):
+    """Plain numbers: one column per evaluation and one for its delta (empty when unknown)."""
+    out = io.StringIO()
+    fields = ["Method", *table.params, "Arch.", "Epochs", "Batch Size"]
+    for title in table.evals:
+        fields += [title, f"{title} delta"]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(fields)
+    for row, vals, deltas in zip(table.rows, table.values, table.deltas):
+        line = [row[c] for c in ["Method", *table.params, "Arch.", "Epochs", "Batch Size"]]
+        for title in table.evals:
+            line += [f"{vals[title]:.2f}" if vals[title] is not None else "",
+                     f"{deltas[title]:+.2f}" if deltas[title] is not None else ""]
+        writer.writerow(line)
+    return out.getvalue()
+
+
+def chart(table, path, title):
+    """Grouped bars: one group per row, one bar per evaluation with a value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [t for t in table.evals if any(v[t] is not None for v in table.values)] or table.evals[:1]
+    labels = [" ".join([row["Method"]] + [f"{k}={row[k]}" for k in table.params]) for row in table.rows]
+    n, m = len(labels), max(1, len(evals))
+    width = 0.8 / m
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2), 4.5))
+    for j, t in enumerate(evals):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(n)]
+        ys = [v[t] if v[t] is not None else 0.0 for v in table.values]
+        bars = ax.bar(xs, ys, width, label=t)
+        for bar, v in zip(bars, table.values):
+            if v[t] is not None:
+                ax.annotate(f"{v[t]:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 %")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(table, out_dir, stem):
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"md": os.path.join(out_dir, f"{stem}.md"), "csv": os.path.join(out_dir, f"{stem}.csv"),
+             "png": os.path.join(out_dir, f"{stem}.png")}
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(table.markdown)
+    with open(paths["csv"], "w", encoding="utf-8", newline="") as f:
+        f.write(table.csv)
+    chart(table, paths["png"], stem)
+    return paths
+
+
+def log_to_mlflow(sweep, table, paths, uri, backend="local"):
+    """Log the files under ``report/`` of the sweep run, the table as its note; the run id."""
+    from . import lineage
+
+    run_id = lineage.ensure_sweep_run(sweep, backend, uri)
+    c = lineage.client(uri)
+    for path in paths.values():
+        c.log_artifact(run_id, path, "report")
+    c.set_tag(run_id, "mlflow.note.content", table.markdown)
+    return run_id

@@ -1,0 +1,55 @@
+"""Data: the idx reader on real Fashion-MNIST and on synthetic files; data-path errors."""
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from hirl_core.config import Config, ConfigError
+from hirl_core.data import check_data
+from hirl_core.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_files
+
+
+def _write_idx(path, array, gz):
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    (gzip.open if gz else open)(path, "wb").write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_round_trip(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (7, 28, 28)), rng.integers(0, 10, 7)
+    suffix = ".gz" if gz else ""
+    for split, (img, lbl) in {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}.items():
+        _write_idx(tmp_path / (img + suffix), images, gz)
+        _write_idx(tmp_path / (lbl + suffix), labels, gz)
+    x, y = load_fashion_mnist(tmp_path, "train")
+    assert np.array_equal(x, images) and np.array_equal(y, labels) and missing_files(tmp_path) == []
+
+
+def test_truncated_idx_is_an_error(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28)), False)
+    raw = (tmp_path / "train-images-idx3-ubyte").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(raw[:-10])
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3), False)
+    with pytest.raises(ValueError, match="truncated"):
+        load_fashion_mnist(tmp_path, "train")
+
+
+@pytest.mark.skipif(bool(missing_files(DEBIAN_ROOT)), reason="Debian's dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_shapes():
+    x, y = load_fashion_mnist(DEBIAN_ROOT, "test")
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert sorted(np.bincount(y)) == [1000] * 10
+
+
+def test_check_data_errors_name_the_path(tmp_path):
+    with pytest.raises(ConfigError, match="dataset-fashion-mnist"):
+        check_data(Config({"dataset": "fashion_mnist", "root": str(tmp_path)}))
+    with pytest.raises(ConfigError, match=f"{tmp_path}/train"):
+        check_data(Config({"dataset": "imagefolder", "root": str(tmp_path)}))
+    with pytest.raises(ConfigError, match="allowed: fashion_mnist, imagefolder"):
+        check_data(Config({"dataset": "cifar"}))
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    check_data(Config({"dataset": "imagefolder", "root": str(tmp_path)}))
