@@ -40,7 +40,8 @@ def build_pretrain_dataset(data, augment_cfg, n_views: int = 2):
     size = data.image_size
     if data.dataset == "fashion_mnist":
         x, y, mean, std = _fashion_mnist_tensors(data, "train", data.get("train_subset"))
-        aug = BatchViewAugment(size, mean, std, crop_scale=augment_cfg.get("crop_scale", (0.5, 1.0)),
+        # augment.crop_size < image_size trains on smaller crops (cheaper) and evaluates at full size
+        aug = BatchViewAugment(augment_cfg.get("crop_size") or size, mean, std, crop_scale=augment_cfg.get("crop_scale", (0.5, 1.0)),
                                flip=augment_cfg.get("flip", 0.5), jitter_p=augment_cfg.get("jitter_p", 0.8),
                                brightness=augment_cfg.get("brightness", 0.4),
                                contrast=augment_cfg.get("contrast", 0.4), n_views=n_views,

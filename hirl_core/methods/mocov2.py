@@ -9,6 +9,7 @@ InfoNCE. Seed settings: T = 0.2, m = 0.999, queue 16,384, head 2048→2048→ReL
       momentum: 0.999
       temperature: 0.2
       symmetric: false    # seed: one direction (q from view 1, k from view 2)
+      bn_splits: 1        # one process only: emulate shuffle-BN with this many BN groups
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class MoCoV2(SSLMethod):
         self.inst_dim = cfg.get("dim", 128)
         self.temperature, self.momentum = cfg.get("temperature", 0.2), cfg.get("momentum", 0.999)
         self.symmetric = cfg.get("symmetric", False)
+        # Without shuffle-BN, BN's batch statistics let the model "cheat" (He et al. 2020, §3.3): on one
+        # process, BN runs in this many groups instead (MoCo's own single-GPU demo uses 8 splits).
+        self.bn_splits = int(cfg.get("bn_splits", 1))
         self.backbone = backbone
         self.head = mlp([backbone.out_dim, hidden, self.inst_dim])
         self.backbone_k = copy.deepcopy(backbone)
@@ -53,9 +57,15 @@ class MoCoV2(SSLMethod):
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
         # Shuffle-BN: across ranks, each rank normalises a random mix of the global batch, so BN
-        # statistics cannot leak which key belongs to which query. A single process has nothing to mix.
+        # statistics cannot leak which key belongs to which query. A single process emulates it with
+        # `bn_splits` BN groups: keys are normalised in shuffled groups, queries in ordered ones.
         if not is_dist():
-            return F.normalize(self.head_k(self.backbone_k(x)), dim=1)
+            if self.bn_splits <= 1:
+                return F.normalize(self.head_k(self.backbone_k(x)), dim=1)
+            perm = torch.randperm(len(x), device=x.device)
+            k = torch.empty(len(x), self.inst_dim, device=x.device)
+            k[perm] = self.head_k(torch.cat([self.backbone_k(c) for c in x[perm].chunk(self.bn_splits)])).float()
+            return F.normalize(k, dim=1)
         import torch.distributed as dist
 
         gathered = concat_all_gather(x)
@@ -76,16 +86,21 @@ class MoCoV2(SSLMethod):
         self.queue[:, idx] = keys.T.to(self.queue.dtype)
         self.queue_ptr[0] = (ptr + len(keys)) % size
 
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn_splits <= 1 or is_dist():
+            return self.head(self.backbone(x))
+        return self.head(torch.cat([self.backbone(c) for c in x.chunk(self.bn_splits)]))
+
     def forward(self, views: list[torch.Tensor]) -> MethodOutput:
         v1, v2 = views[0], views[1]
-        emb1 = self.head(self.backbone(v1))
+        emb1 = self._embed(v1)
         q1 = F.normalize(emb1, dim=1)
         k2 = self._keys(v2)
         queue = self.queue.clone().detach()
         loss = info_nce(q1, k2, queue, self.temperature)
         keys = k2
         if self.symmetric:
-            q2 = F.normalize(self.head(self.backbone(v2)), dim=1)
+            q2 = F.normalize(self._embed(v2), dim=1)
             k1 = self._keys(v1)
             loss = 0.5 * (loss + info_nce(q2, k1, queue, self.temperature))
             keys = torch.cat([k2, k1])

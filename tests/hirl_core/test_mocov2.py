@@ -84,3 +84,21 @@ def test_one_step_lowers_loss_on_a_fixed_batch():
     out = model(views)
     opt.zero_grad(); out.loss.backward(); opt.step()
     assert loss_now() < before
+
+
+def test_single_process_shuffle_bn_normalises_keys_in_shuffled_groups():
+    model = _tiny_moco()
+    model.bn_splits = 2
+    x = torch.randn(8, 1, 16, 16)
+    torch.manual_seed(5)
+    keys = model._keys(x)
+    torch.manual_seed(5)
+    perm = torch.randperm(8)
+    with torch.no_grad():
+        groups = [model.head_k(model.backbone_k(x[perm][:4])), model.head_k(model.backbone_k(x[perm][4:]))]
+    expected = torch.empty(8, 4)
+    expected[perm] = torch.nn.functional.normalize(torch.cat(groups), dim=1)
+    assert torch.allclose(keys, expected, atol=1e-5)
+    # and it differs from whole-batch BN: the groups' statistics are not the batch's
+    model.bn_splits = 1
+    assert not torch.allclose(model._keys(x), keys, atol=1e-3)
