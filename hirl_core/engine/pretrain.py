@@ -74,8 +74,10 @@ def run_pretrain(cfg) -> dict:
     if hirl is not None:
         # The level heads: one extra group on the same LR schedule (the seed's). Its weight decay is the
         # configured one; the seed's group silently took the optimiser's default (AdamW: 0.01 for DINO).
+        # As the seed's group, it stays out of any weight-decay schedule (DINO/iBOT: only group 0 follows it).
         optimizer.add_param_group({"params": list(hirl.heads.parameters()),
-                                   "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0))})
+                                   "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
+                                   "wd_schedule": False, "lars_exclude": False, "fix_lr": False})
         cluster_set = build_eval_dataset(cfg.data, "train")  # same images, same order, eval transform
     precision = _precision(cfg, info.device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
