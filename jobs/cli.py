@@ -115,7 +115,7 @@ def _print_rows(rows):
     table = [("stage", "type", "state", "job id", "attempt", "run id", "key metric")]
     table += [(r.stage, r.type or "-", r.status, r.job_id or "-", str(r.attempt or "-"), r.run_id or "-",
                _metric_text(r)) for r in rows]
-    print("\n".join(_table(table)))
+    print("\n".join(_table(_scheduler_column(table, rows))))
 
 
 def _print_sweep(statuses):
@@ -126,7 +126,14 @@ def _print_sweep(statuses):
             first = i == 0
             table.append((st.cell.cell_id[:8] if first else "", st.cell.label if first else "", r.stage,
                           r.job_id or "-", r.status, str(r.attempt or "-"), _metric_text(r)))
-    print("\n".join(_table(table)))
+    print("\n".join(_table(_scheduler_column(table, [r for st in statuses for r in st.rows]))))
+
+
+def _scheduler_column(table, rows):
+    """A last column with the scheduler's view (SLURM state, reason, why) when a backend gave one."""
+    if not any(getattr(r, "scheduler", "") for r in rows):
+        return table
+    return [table[0] + ("scheduler",)] + [t + (getattr(r, "scheduler", "") or "-",) for t, r in zip(table[1:], rows)]
 
 
 def _counts(statuses):
@@ -195,6 +202,8 @@ def cmd_submit(args):
     uri = lineage.tracking_uri()
     for cell in sweep.cells:  # preflight: backend settings, before creating runs
         backend.render(Plan(assign_outputs(cell), None, uri))
+    if hasattr(backend, "preflight"):  # what only a real submission needs (SLURM: an image digest, sbatch)
+        backend.preflight([Plan(cell, None, uri) for cell in sweep.cells])
     cells = sweep.cells
     if sweep.is_matrix:
         print(f"experiment {sweep.name}, sweep {sweep.sweep_id}: {len(cells)} cells, "
@@ -210,10 +219,13 @@ def cmd_submit(args):
     if sweep.is_matrix and not args.force and all(r.status == "FINISHED" for runs in all_runs for r in runs.values()):
         print(f"nothing new to run: all {len(cells)} cells are finished (FORCE=1 / --force reruns them)")
     rc = 0
+    # A backend that queues work (SLURM) takes a sweep at once: same-shape stages become one job array.
+    batched = (backend.submit_many([Plan(c, r, uri, args.force) for c, r in zip(cells, all_runs)])
+               if sweep.is_matrix and hasattr(backend, "submit_many") else None)
     for i, (cell, runs) in enumerate(zip(cells, all_runs), 1):
-        if sweep.is_matrix:
+        if sweep.is_matrix and batched is None:
             print(f"\n== cell {i}/{len(cells)} {cell.cell_id[:8]}: {cell.label}", flush=True)
-        result = backend.submit(Plan(cell, runs, uri, args.force))
+        result = batched[i - 1] if batched is not None else backend.submit(Plan(cell, runs, uri, args.force))
         lineage.end_chain(sweep.name, cell.cell_id, uri=uri)
         if result.returncode == INTERRUPTED_RC:
             rc = INTERRUPTED_RC
@@ -275,7 +287,7 @@ def cmd_status(args):
     interactive = sys.stdout.isatty()
     try:
         while True:
-            statuses = lineage.sweep_status(sweep.name, cells, uri)
+            statuses = _with_scheduler_states(sweep, lineage.sweep_status(sweep.name, cells, uri), uri)
             if args.watch and interactive:
                 sys.stdout.write("\033[H\033[2J")
             if args.watch:
@@ -287,6 +299,31 @@ def cmd_status(args):
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 0
+
+
+def _with_scheduler_states(sweep, statuses, uri):
+    """Merge a queueing backend's states (SLURM: squeue/sacct) into the rows as ``.scheduler``; the
+    backend also settles MLflow states no job could set (e.g. evaluations cancelled by a dependency)."""
+    from . import lineage
+
+    merged, touched = {}, []
+    for st in statuses:
+        name = st.chain.data.tags.get("hirl.backend", "local") if st.chain is not None else "local"
+        if name == "local":
+            continue
+        handles = [_handle(st.cell, r) for r in st.rows if r.run_id]
+        merged[st.cell.cell_id] = get_backend(name).status(handles)
+        touched.append(st.cell)
+    if not touched:
+        return statuses
+    for cell in touched:
+        lineage.end_chain(sweep.name, cell.cell_id, uri=uri)
+    fresh = {st.cell.cell_id: st for st in lineage.sweep_status(sweep.name, touched, uri)}
+    out = [fresh.get(st.cell.cell_id, st) for st in statuses]
+    for st in out:
+        for r in st.rows:
+            r.scheduler = merged.get(st.cell.cell_id, {}).get(r.stage, "")
+    return out
 
 
 def _show_status(sweep, statuses, args):
@@ -385,21 +422,25 @@ def cmd_cancel(args):
     _check_stage(args.stage, cells)
     uri = lineage.tracking_uri()
     statuses = lineage.sweep_status(sweep.name, cells, uri)
-    total, touched = 0, []
-    for st in statuses:
+    groups = {}  # backend name -> (backend, [(cell, handle)]): one cancel call each, so every
+    for st in statuses:  # scheduled stage of the sweep is marked before any process is stopped
         if st.chain is None:
             continue
         chosen = _downstream(st.cell, [args.stage]) if args.stage else set(st.cell.names)
-        handles = [_handle(st.cell, r) for r in st.rows
-                   if r.stage in chosen and r.run_id and r.status in ("SCHEDULED", "RUNNING")]
-        if not handles:
-            continue
-        acted = _backend_for(args, st).cancel(handles, uri)
-        for h in acted:
-            print(f"cancelled {st.cell.cell_id[:8]} {h.stage} (run {h.run_id}, was {h.state})")
-        total += len(acted)
-        touched.append(st.cell)
-        lineage.end_chain(sweep.name, st.cell.cell_id, uri=uri)
+        for r in st.rows:
+            if r.stage in chosen and r.run_id and r.status in ("SCHEDULED", "RUNNING"):
+                backend = _backend_for(args, st)
+                groups.setdefault(backend.name, (backend, []))[1].append((st.cell, _handle(st.cell, r)))
+    total, touched = 0, set()
+    for backend, pairs in groups.values():
+        acted = {id(h) for h in backend.cancel([h for _, h in pairs], uri)}
+        for cell, h in pairs:
+            if id(h) in acted:
+                print(f"cancelled {cell.cell_id[:8]} {h.stage} (run {h.run_id}, was {h.state})")
+                total += 1
+                touched.add(cell.cell_id)
+    for cell_id in touched:
+        lineage.end_chain(sweep.name, cell_id, uri=uri)
     if sweep.is_matrix:
         run = lineage.find_sweep_run(sweep.name, sweep.sweep_id, uri)
         if run is not None:

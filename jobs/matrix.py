@@ -32,13 +32,13 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from hirl_core.config import Config, ConfigError, config_hash, get_dotted, parse_override, set_dotted
+from hirl_core.config import ConfigError, get_dotted, parse_override
 
 from . import resources as res
-from .dag import compile_cell, format_value, wiring_lines
+from .dag import compile_cell, digest, format_value, wiring_lines
 from .errors import SpecError
 from .spec import (_MISSING, _check_name, _closest, _targets, apply_user_overrides, available_experiments,
-                   experiment_from_data, is_sweep, read_spec, spec_name)
+                   check_image, experiment_from_data, find_spec, is_sweep, read_spec, spec_name)
 
 METHOD_AXIS = "method"
 _NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
@@ -76,7 +76,7 @@ class Sweep:
 
 
 def sweep_id(name, cell_ids):
-    return config_hash({"experiment": name, "cells": list(cell_ids)})
+    return digest({"experiment": name, "cells": list(cell_ids)})
 
 
 def _normalize(value, where):
@@ -144,21 +144,32 @@ class _Row:
     def cell(self, point, overrides, name, params):
         """Compile the cell for one matrix point (axis values, then the user's overrides)."""
         exp = self.experiment
-        stages = {}
-        for sname, spec in exp.stages.items():
-            stages[sname] = dataclasses.replace(spec, config=Config(_plain_copy(spec.config)))
+        configs = {sname: dict(spec.config) for sname, spec in exp.stages.items()}  # copy-on-write below
         for key, value in point.items():
             if key == METHOD_AXIS:
                 continue
             for sname, dotted in self.targets(key):
-                set_dotted(stages[sname].config, dotted, _plain_copy(value))
+                _set_copied(configs[sname], dotted, _plain_copy(value))
+        stages = {sname: dataclasses.replace(spec, config=configs[sname]) for sname, spec in exp.stages.items()}
         if overrides:
             apply_user_overrides(stages, overrides)
         cell_exp = dataclasses.replace(exp, name=name, stages=stages, overrides=tuple(overrides))
-        cell = compile_cell(cell_exp)
+        cell = compile_cell(cell_exp)  # deep-copies every config it keeps
         cell.params = dict(params)
         cell.method = self.method
         return cell
+
+
+def _set_copied(root, dotted, value):
+    """Set ``a.b.c`` in a shallow copy, copying only the mappings on the way (the row stays as it was)."""
+    parts = dotted.split(".")
+    node = root
+    for part in parts[:-1]:
+        child = node.get(part)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
 
 
 def _as_list(raw, key, rel):
@@ -218,27 +229,31 @@ def _read_axes(data, rel):
     return axes
 
 
-def _load_row(method, root, sweep_data, sweep_rel, name, cache):
+def _load_row(method, root, sweep_data, sweep_rel, name, cache, configs):
     if method in cache:
         return cache[method]
     where = f"{sweep_rel}: axis {METHOD_AXIS!r}"
     if not isinstance(method, str):
         raise SpecError(f"{where}: values name experiment rows, got {method!r}")
-    _check_name(method, f"method (experiment row) in {sweep_rel}:")
+    _check_name(method, f"method (experiment row) in {sweep_rel}")
+    try:
+        find_spec(method, root)
+    except SpecError:
+        known = available_experiments(root)
+        raise SpecError(f"{where}: unknown experiment row {method!r}{_closest(method, known)}; "
+                        f"available: {', '.join(known)}") from None
     try:
         path, rel, data = read_spec(method, root)
-    except SpecError:
-        listing = ", ".join(available_experiments(root))
-        raise SpecError(f"{where}: unknown experiment row {method!r}{_closest(method, available_experiments(root))}; "
-                        f"available: {listing}") from None
+    except SpecError as exc:
+        raise SpecError(f"row {method!r}: {exc}") from None
     if is_sweep(data):
         raise SpecError(f"{where}: row {method!r} is itself a sweep ({rel}); rows must be single experiments")
     try:
-        exp = experiment_from_data(data, path, root, (), name=name)
+        exp = experiment_from_data(data, path, root, (), name=name, cache=configs)
     except (SpecError, ConfigError) as exc:
         raise type(exc)(f"row {method!r}: {exc}") from None
     exp.resources = res.merge(res.validate(sweep_data.get("resources"), f"{sweep_rel}: resources"), exp.resources)
-    exp.image = exp.image or (sweep_data.get("image") or "")
+    exp.image = exp.image or check_image(sweep_data.get("image"), sweep_rel)
     exp.display_name = exp.display_name or method
     cache[method] = _Row(exp, rel, method)
     return cache[method]
@@ -273,9 +288,9 @@ def load_sweep(name_or_path, root=".", overrides=()) -> Sweep:
     else:
         base = _Row(experiment_from_data(data, path, root, (), name=name), rel)
 
-    rows, cells, seen = {}, [], {}
+    rows, cells, seen, configs = {}, [], {}, {}
     for point in points:
-        row = _load_row(point[METHOD_AXIS], root, data, rel, name, rows) if row_based else base
+        row = _load_row(point[METHOD_AXIS], root, data, rel, name, rows, configs) if row_based else base
         params = {k: point[k] for k in point}
         cell = row.cell(point, overrides, name, params)
         if cell.cell_id in seen:

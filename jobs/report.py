@@ -74,10 +74,15 @@ def _pretrain(cell):
 
 def _batch(cell, backend):
     pre = _pretrain(cell)
-    if pre is None or not isinstance(pre.config.get("batch_size"), int):
+    if pre is None:
+        return None
+    per_process = pre.config.get("batch_size")
+    if per_process is None and isinstance(pre.config.get("data"), dict):
+        per_process = pre.config["data"].get("batch_size")
+    if not isinstance(per_process, int) or isinstance(per_process, bool):
         return None
     merged = resources.merge(cell.resources, pre.resources)
-    return pre.config["batch_size"] * resources.world_size(merged, backend)
+    return per_process * resources.world_size(merged, backend)
 
 
 def _fmt(value):

@@ -147,12 +147,19 @@ def _tolerations(v, where):
             _nonneg_int(tol["tolerationSeconds"], f"{at}.tolerationSeconds")
 
 
+def _bool(v, where):
+    if not isinstance(v, bool):
+        raise SpecError(f"{where} must be true or false, got {v!r}")
+
+
 COMMON = {"nodes": _pos_int, "gpus_per_node": _nonneg_int, "cpus_per_task": _pos_int, "mem": _mem,
           "time": _time}
 SCHEMA = {
     "local": {"nproc_per_node": _pos_int},
     "slurm": {**COMMON, "partition": _slurm_name, "account": _slurm_name, "qos": _slurm_name,
-              "constraint": _constraint, "array_parallelism": _pos_int, "image": _image},
+              "constraint": _constraint, "array_parallelism": _pos_int, "image": _image,
+              # tasks (= torch ranks) per node when not one per GPU (CPU jobs); a whole node to itself
+              "ntasks_per_node": _pos_int, "exclusive": _bool},
     "k8s": {**COMMON, "gpu_pool": _label_value, "tolerations": _tolerations, "queue": _dns_label,
             "namespace": _dns_label, "priority_class": _dns_label, "image": _image},
 }
@@ -212,5 +219,5 @@ def world_size(resources, backend):
     opts = effective(resources, backend)
     if backend == "local":
         return int(opts.get("nproc_per_node") or 1)
-    gpus = opts.get("gpus_per_node") or 1
-    return int(opts.get("nodes") or 1) * int(gpus)
+    per_node = opts.get("ntasks_per_node") or opts.get("gpus_per_node") or 1  # one rank per GPU by default
+    return int(opts.get("nodes") or 1) * int(per_node)

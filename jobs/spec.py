@@ -105,10 +105,13 @@ def find_spec(name_or_path, root="."):
     raise SpecError(f"unknown experiment {text!r}; available: {listing}")
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: `hirl plan` stays fast
+
+
 def _read_yaml(path):
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML in {path}: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -193,7 +196,7 @@ def _merged_view(configs):
         return out
     merged = {}
     for cfg in configs:
-        merged = merge(merged, cfg.to_dict())
+        merged = merge(merged, Config(cfg).to_dict())
     return Config(merged)
 
 
@@ -278,7 +281,19 @@ def check_image(image, where):
     return image
 
 
-def experiment_from_data(data, path, root, overrides=(), name=None):
+def _load_stage_config(root, stage, cache):
+    """The stage's config file with its spec overrides; ``cache`` (one sweep's loads) parses each
+    (file, overrides) once however many rows use it."""
+    key = (os.path.join(root, stage.config_path), stage.overrides)
+    if cache is None or key not in cache:
+        loaded = load_config(key[0], stage.overrides)
+        if cache is None:
+            return loaded
+        cache[key] = loaded
+    return Config(cache[key].to_dict())
+
+
+def experiment_from_data(data, path, root, overrides=(), name=None, cache=None):
     """Validate and resolve a spec's stages (matrix keys are not looked at here)."""
     root = os.path.abspath(root)
     rel = os.path.relpath(path, root)
@@ -298,7 +313,7 @@ def experiment_from_data(data, path, root, overrides=(), name=None):
                         f"runnable: {', '.join(runnable)})")
     for stage in stages.values():
         try:
-            stage.config = load_config(os.path.join(root, stage.config_path), stage.overrides)
+            stage.config = _load_stage_config(root, stage, cache)
         except ConfigError as exc:
             raise ConfigError(f"stage {stage.name!r} ({stage.config_path}): {exc}") from None
     apply_user_overrides(stages, tuple(overrides))

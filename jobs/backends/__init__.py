@@ -4,3 +4,5 @@ from .base import Backend, BackendError, Handle, Plan, Submission, available_bac
 
 __all__ = ["Backend", "BackendError", "Handle", "Plan", "Submission", "available_backends", "get_backend",
            "register_backend"]
+
+register_backend("slurm", "jobs.backends.slurm:SlurmBackend")  # submitit; imported only when asked for

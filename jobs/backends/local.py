@@ -164,6 +164,9 @@ class LocalBackend(Backend):
                 _write_atomic(pid_file, f"{proc.pid}\n")
                 lineage.set_tags(run_id, {"hirl.job_id": str(proc.pid), "hirl.attempt": str(attempt)},
                                  plan.tracking_uri)
+                # RUNNING from the start (the stage says so too once it is up): a resumed FAILED or
+                # KILLED run is then judged by this attempt's exit, and `hirl cancel` finds it.
+                lineage.set_run_status(run_id, "RUNNING", plan.tracking_uri)
                 _pump(proc.stdout, log)
                 proc.wait()
             except KeyboardInterrupt:
@@ -242,15 +245,20 @@ class LocalBackend(Backend):
                 acted.append(h)
         if self._proc is not None and self._proc.poll() is None:  # our own foreground stage
             self._terminate(self._proc)
-        pending = [h for h in handles if lineage.run_status(h.run_id, uri) == "RUNNING"]
-        for _round in range(4):  # a stage may be between its start and writing its pid file
+        # A submit that read SCHEDULED just before we marked it may still start that stage: look
+        # again until a round finds no running stage left to stop.
+        signalled = set()
+        for _round in range(5):
             live = []
-            for h in pending:
+            for h in handles:
+                if id(h) in signalled or lineage.run_status(h.run_id, uri) != "RUNNING":
+                    continue
                 pid = _stage_pid(h)
                 if pid is not None:
                     _say(f"stop {h.stage}: SIGTERM to process group {pid} (run {h.run_id})")
                     _signal_group(pid, signal.SIGTERM)
                     live.append((h, pid))
+                    signalled.add(id(h))
             _wait_gone([pid for _, pid in live], self.grace_s)
             for h, pid in live:
                 if _alive(pid):
@@ -258,11 +266,9 @@ class LocalBackend(Backend):
                     _signal_group(pid, signal.SIGKILL)
             _wait_gone([pid for _, pid in live], 5.0)
             acted += [h for h, _ in live if h not in acted]
-            done = {id(h) for h, _ in live}
-            pending = [h for h in pending if id(h) not in done]
-            if not pending:
+            if _round and not live:
                 break
-            time.sleep(0.5)
+            time.sleep(0.3)
         for h in handles:  # the stage marks itself KILLED on SIGTERM; a stage that could not is marked here
             if lineage.run_status(h.run_id, uri) in PENDING:
                 lineage.set_run_status(h.run_id, "KILLED", uri)

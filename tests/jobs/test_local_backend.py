@@ -14,7 +14,7 @@ import time
 import pytest
 
 from jobs import cli, lineage
-from jobs.backends import Plan, get_backend
+from jobs.backends import Plan, available_backends, get_backend
 from jobs.backends.local import LocalBackend
 from jobs.dag import assign_outputs, compile_cell
 from jobs.spec import load_experiment
@@ -108,7 +108,7 @@ def test_bad_input_creates_no_store_and_no_dirs(root, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("hirl: error: unknown experiment 'nope'; available: demo")
     assert err[1].startswith("hirl: error: unknown config key 'optimizer.lrr' (did you mean: optimizer.lr?)")
-    assert err[2] == "hirl: error: unknown backend 'nowhere'; available: local"
+    assert err[2] == f"hirl: error: unknown backend 'nowhere'; available: {', '.join(available_backends())}"
     assert cli.main(["status", "demo"]) == 0
     assert "no runs yet" in capsys.readouterr().out
     (root / "configs/experiments/demo.yaml").write_text(

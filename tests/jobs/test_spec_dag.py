@@ -7,10 +7,12 @@ import yaml
 
 from hirl_core.config import ConfigError
 from jobs import cli
+from jobs.backends import available_backends
 from jobs.dag import assign_outputs, compile_cell, format_plan
 from jobs.spec import SpecError, load_experiment
 
 from . import FIXTURES, PYTHON, make_root, subprocess_env
+from .goldens import check_golden
 
 PRETRAIN = "configs/pretrain/tiny_pretrain.yaml"
 KNN = "configs/knn/tiny_knn.yaml"
@@ -148,26 +150,16 @@ def test_an_eval_config_without_the_wired_keys_is_rejected(root):
         compile_cell(load_experiment("partial", root=root))
 
 
-# Byte-exact: a change here means every existing cell id changed (old runs would not be found).
-GOLDEN_PLAN = """\
-experiment: demo
-cell: a69e6e8f88d3
-description: tiny pretrain, then KNN of its backbone
-overrides: pretrain.epochs=3
-stages (2, in run order):
-  #  stage     type      after     hash          config
-  1  pretrain  pretrain  -         f77fff447cd5  configs/pretrain/tiny_pretrain.yaml
-  2  knn       knn       pretrain  869f1856e67b  configs/knn/tiny_knn.yaml
-  knn <- pretrain: pretrained = pretrain output/backbone.pth; backbone, seed = pretrain's
-"""
+# Byte-exact (golden/plan_demo.txt): a change there means every existing cell id changed.
 
 
 def test_plan_is_deterministic_and_matches_the_golden_text(monkeypatch, capsys):
     monkeypatch.chdir(FIXTURES)
     assert cli.main(["plan", "demo", "--set", "pretrain.epochs=3"]) == 0
-    assert capsys.readouterr().out == GOLDEN_PLAN
+    out = capsys.readouterr().out
+    check_golden("plan_demo.txt", out)
     cell = compile_cell(load_experiment("demo", root=FIXTURES, overrides=["pretrain.epochs=3"]))
-    assert format_plan(cell) == GOLDEN_PLAN
+    assert format_plan(cell) == out
 
 
 def test_plan_out_writes_the_rendered_dry_run(tmp_path, monkeypatch, capsys):
@@ -185,7 +177,7 @@ def test_bad_input_is_one_line_on_stderr_and_exit_code_2(monkeypatch, capsys):
     assert cli.main(["plan", "nope"]) == 2
     assert capsys.readouterr().err == "hirl: error: unknown experiment 'nope'; available: demo, pretrain_only\n"
     assert cli.main(["plan", "demo", "--backend", "slurmz"]) == 2
-    assert capsys.readouterr().err == "hirl: error: unknown backend 'slurmz'; available: local\n"
+    assert capsys.readouterr().err == f"hirl: error: unknown backend 'slurmz'; available: {', '.join(available_backends())}\n"
 
 
 def test_plan_imports_neither_mlflow_nor_torch():
