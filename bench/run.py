@@ -191,7 +191,11 @@ def _slurm_submit_100(tmp: Path) -> dict:
                     "tasks; lineage = creating the 301 MLflow runs on sqlite, which hirl submit does first"}
 
 
-BENCHES = {"foundation": bench_foundation, "orchestrator": bench_orchestrator, "slurm_submit": bench_slurm_submit}
+sys.path.insert(0, str(ROOT / "bench"))
+from science import bench_baselines, bench_hirl  # noqa: E402  (torch is imported inside the benches)
+
+BENCHES = {"foundation": bench_foundation, "orchestrator": bench_orchestrator, "slurm_submit": bench_slurm_submit,
+           "baselines": bench_baselines, "hirl": bench_hirl}
 TORCH_FREE = {"orchestrator", "slurm_submit"}
 # Benches whose results are keys in another bench's file (merged into it, never overwriting it).
 MERGE_INTO = {"slurm_submit": "orchestrator"}

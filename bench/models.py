@@ -1,0 +1,112 @@
+"""Training-step throughput and peak memory of each method (and of HIRL over it), on synthetic views.
+
+Each measurement runs in its own process (`python bench/models.py CONFIG [--hirl] [--batch B] key=value…`)
+so that peak memory (max RSS on CPU, max allocated on CUDA) belongs to that model alone; it prints JSON.
+Views are random tensors of the shapes the config's augmentation makes (global + local crops): this times
+the model, the loss and the optimiser, not the data pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _random_tree(num_cluster, dim, n_images):
+    import numpy as np
+
+    from hirl_core.hirl.kmeans import PrototypeTree
+
+    rng = np.random.default_rng(0)
+    cents = [rng.normal(size=(k, dim)).astype(np.float32) for k in num_cluster]
+    cents = [c / np.linalg.norm(c, axis=1, keepdims=True) for c in cents]
+    parents = [rng.integers(0, num_cluster[i + 1], num_cluster[i]) for i in range(len(num_cluster) - 1)]
+    labels = [rng.integers(0, num_cluster[0], n_images)]
+    for p in parents:
+        labels.append(p[labels[-1]])
+    return PrototypeTree(cents, labels, parents)
+
+
+def measure(config: str, overrides, use_hirl: bool, batch: int, steps: int, warm: int) -> dict:
+    import torch
+
+    from hirl_core.config import load_config
+    from hirl_core.engine.optim import build_optimizer
+    from hirl_core.hirl.wrapper import HIRL
+    from hirl_core.methods import build_method
+
+    cfg = load_config(ROOT / config, overrides)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    method = build_method(cfg).to(dev)
+    model = method
+    if use_hirl:
+        model = HIRL(method, cfg.hirl).to(dev)
+        model.set_tree(_random_tree(model.num_cluster, model.inst_dim, 4096), dev)
+    opt = build_optimizer(cfg.optimizer, model, batch)
+    size, chans = cfg.data.image_size, cfg.backbone.get("in_chans", 3)
+    aug = cfg.get("augment", {})
+    size = aug.get("crop_size") or size
+    shapes = [size] * model.n_views + [aug.get("local_size") or size] * int(aug.get("local_crops", 0) or 0)
+    views = [torch.randn(batch, chans, s, s, device=dev) for s in shapes]
+    index = torch.arange(batch, device=dev)
+    step = 0
+    for i in range(warm + steps):
+        if i == warm:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+        model.on_step_start(step, 1000, 100)
+        out = model(views, index) if use_hirl else model(views)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        model.before_optimizer_step()
+        opt.step()
+        model.after_step(0.01)
+        step += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"config": config, "hirl": use_hirl, "batch": batch, "views": shapes, "steps": steps,
+            "step_time_s": elapsed / steps, "images_per_s": batch * steps / elapsed, "peak_memory_bytes": peak,
+            "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
+
+
+def run_isolated(config: str, overrides=(), use_hirl=False, batch=64, steps=5, warm=2) -> dict:
+    """`measure` in a fresh process (its own peak memory)."""
+    import subprocess
+
+    argv = [sys.executable, str(Path(__file__)), config, "--batch", str(batch), "--steps", str(steps),
+            "--warm", str(warm), *(["--hirl"] if use_hirl else []), *overrides]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    if res.returncode != 0:
+        return {"config": config, "hirl": use_hirl, "error": res.stderr.strip().splitlines()[-1:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--hirl", action="store_true")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warm", type=int, default=2)
+    a = p.parse_intermixed_args()
+    print(json.dumps(measure(a.config, a.overrides, a.hirl, a.batch, a.steps, a.warm)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

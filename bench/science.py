@@ -1,0 +1,61 @@
+"""Benches of the science: per-method throughput (baselines.json) and HIRL's overheads (hirl.json)."""
+from __future__ import annotations
+
+import os
+import time
+
+from models import run_isolated
+
+METHODS = ("mocov2", "simsiam", "swav", "mocov3", "dino", "ibot")
+PAPER = {"mocov2": "mocov2_resnet50_200eps", "simsiam": "simsiam_resnet50_200eps",
+         "swav": "swav_resnet50_200eps", "mocov3": "mocov3_vit_base_400eps", "dino": "dino_vit_base_400eps",
+         "ibot": "ibot_vit_base_400eps"}
+
+
+def bench_baselines() -> dict:
+    """Training images/s and peak memory: each method at demo size (its demo batch) and with the paper
+    architecture at 224 px (batch HIRL_BENCH_PAPER_BATCH, default 8, a few steps)."""
+    paper_batch = int(os.environ.get("HIRL_BENCH_PAPER_BATCH", "8"))
+    out = {}
+    for m in METHODS:
+        out[m] = {"demo": run_isolated(f"configs/pretrain/baseline/{m}_demo.yaml", batch=64, steps=5),
+                  "paper_224px": run_isolated(f"configs/pretrain/baseline/{PAPER[m]}.yaml", batch=paper_batch,
+                                              steps=2, warm=1)}
+    return out
+
+
+def _hkmeans(n: int, dim: int, ks, niter: int, nredo: int) -> dict:
+    import numpy as np
+
+    from hirl_core.hirl.kmeans import hierarchical_kmeans
+
+    x = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    t0 = time.perf_counter()
+    tree = hierarchical_kmeans(x, ks, niter=niter, nredo=nredo, use_gpu=True)
+    return {"n": n, "dim": dim, "num_cluster": list(ks), "niter": niter, "nredo": nredo,
+            "seconds": round(time.perf_counter() - t0, 1), "empty_l1": int(tree.stats()["clusters_empty_l1"])}
+
+
+def bench_hirl() -> dict:
+    """HIRL-X step time over X at demo size (target ≤ 1.10×), hierarchical k-means at ImageNet scale,
+    and the feature buffer per rank (from the 2-rank test's accounting: rank 0 N×D, others their shard)."""
+    ratios = {}
+    for m in METHODS:
+        base = run_isolated(f"configs/pretrain/baseline/{m}_demo.yaml", batch=64, steps=5)
+        hirl = run_isolated(f"configs/pretrain/hirl/hirl_{m}_demo.yaml", use_hirl=True, batch=64, steps=5)
+        ratios[m] = {"baseline_step_s": base.get("step_time_s"), "hirl_step_s": hirl.get("step_time_s"),
+                     "ratio": round(hirl["step_time_s"] / base["step_time_s"], 3)
+                     if "step_time_s" in base and "step_time_s" in hirl else None,
+                     "within_1.10x": ("step_time_s" in base and "step_time_s" in hirl
+                                      and hirl["step_time_s"] <= 1.10 * base["step_time_s"])}
+    n = int(os.environ.get("HIRL_BENCH_KMEANS_N", "1281167"))
+    niter = int(os.environ.get("HIRL_BENCH_KMEANS_NITER", "20"))
+    kmeans = _hkmeans(n, 128, (30000, 10000, 1000), niter=niter, nredo=1)
+    n_img, dim, world = 1281167, 2048, 2  # SimSiam's D, ImageNet's N, the 2-rank layout of gather_features
+    per = -(-n_img // world)
+    return {"step_time_ratio": ratios, "hierarchical_kmeans": kmeans,
+            "feature_buffer_bytes_per_rank_simsiam_imagenet_2_ranks": {
+                "rank0": n_img * dim * 4, "other_ranks": per * dim * 4,
+                "seed_every_rank": n_img * dim * 4,
+                "note": "our layout (tests/hirl_core/test_hirl_distributed.py asserts it on 2 gloo ranks): rank 0 "
+                        "holds N×D in host memory, other ranks only their shard; the seed kept N×D on every GPU"}}
