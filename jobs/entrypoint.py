@@ -1,0 +1,302 @@
+"""In-job side of cluster backends: rank discovery, the stage command, failure handling.
+
+    python -m jobs.entrypoint pretrain -c outputs/.../config.yaml      # inside an allocation
+    python -m jobs.entrypoint -- <any command>                         # same environment, own command
+
+Discovers the torch distributed environment from SLURM's (``SLURM_PROCID``/``SLURM_NTASKS``/
+``SLURM_LOCALID``/``SLURM_JOB_NODELIST``), or keeps torchrun's when there is no SLURM, then execs
+``python -m hirl_core <stage> -c <config>``. ``MASTER_ADDR`` is the allocation's first host and
+``MASTER_PORT`` is derived from the job id *and* the restart count, so a requeued job never meets
+a stale rendezvous of its previous attempt (submitit #1613).
+
+``StageCommand`` is what the SLURM backend hands to submitit: a picklable callable holding only
+argv and environment strings. Nothing live is pickled at submit time, so a requeued job rebuilds
+everything from disk and resumes from ``<output_dir>/checkpoint.pth`` (fairchem #1055). Its
+``checkpoint()`` returns itself unchanged: submitit's USR2 handler (global rank 0) then requeues.
+
+Torch-free and MLflow-lazy: only global rank 0 talks to MLflow (attempt tags, a final status the
+stage could not set), so a multi-node job never opens one connection per GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PORT_BASE, PORT_SPAN = 20000, 20000
+INTERRUPTED = (143, 130, -15, -12, -2)      # SIGTERM/SIGUSR2/SIGINT, as exit code or -signal
+# Exit-log patterns. Out-of-memory is the job's own fault: retrying wastes the allocation.
+OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|torch\.OutOfMemoryError|MemoryError|"
+                 r"oom-kill|oom_kill|Out Of Memory|Cannot allocate memory", re.IGNORECASE)
+# Hardware/interconnect trouble is the node's fault: one retry elsewhere.
+NODE_FAULT = re.compile(r"NCCL (error|WARN.*(unhandled|system) error)|ncclSystemError|ncclInternalError|"
+                        r"ncclUnhandledCudaError|ECC error|uncorrectable ECC|\bXid\b|GPU is lost|"
+                        r"unspecified launch failure|CUDA error: an illegal memory access|NVLink error",
+                        re.IGNORECASE)
+
+
+# -- SLURM environment ---------------------------------------------------------------------------
+def expand_hostlist(text):
+    """SLURM's compressed host list (``n[1-3,5],gpu-a[01-02]``) as a list of host names."""
+    hosts, i, text = [], 0, (text or "").strip()
+    while i < len(text):
+        prefixes, j = [""], i
+        while j < len(text) and text[j] != ",":
+            if text[j] == "[":
+                end = text.index("]", j)
+                parts = []
+                for rng in text[j + 1:end].split(","):
+                    lo, _, hi = rng.partition("-")
+                    parts += [f"{n:0{len(lo)}d}" for n in range(int(lo), int(hi or lo) + 1)]
+                prefixes = [p + s for p in prefixes for s in parts]
+                j = end + 1
+            else:
+                prefixes = [p + text[j] for p in prefixes]
+                j += 1
+        hosts += prefixes
+        i = j + 1
+    return [h for h in hosts if h]
+
+
+def tasks_on_node(tasks_per_node, node_id):
+    """Tasks on node ``node_id`` from ``SLURM_TASKS_PER_NODE`` (``2(x3),1``)."""
+    counts = []
+    for part in (tasks_per_node or "").split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if m:
+            counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts[node_id] if node_id < len(counts) else (counts[0] if counts else 1)
+
+
+def master_port(job_id, restart_count=0):
+    """A rendezvous port that every rank of one attempt agrees on and the next attempt does not reuse."""
+    h = int(hashlib.sha256(str(job_id).encode()).hexdigest()[:8], 16)
+    return PORT_BASE + (h + 1009 * int(restart_count)) % PORT_SPAN  # 1009 is coprime to the span
+
+
+def attempt(environ=None):
+    """This start of the stage: starts before this job (a retry) + SLURM requeues of this job + 1."""
+    env = os.environ if environ is None else environ
+    return _int(env.get("HIRL_ATTEMPT_BASE")) + _int(env.get("SLURM_RESTART_COUNT")) + 1
+
+
+def job_id(environ=None):
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID", "")
+
+
+def dist_env(environ=None):
+    """torch.distributed's variables for this task; {} outside SLURM (torchrun's own then stand)."""
+    env = os.environ if environ is None else environ
+    if "SLURM_PROCID" not in env or "SLURM_JOB_ID" not in env:
+        return {}
+    hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", ""))
+    node = _int(env.get("SLURM_NODEID"))
+    world = env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS") or "1"
+    return {"WORLD_SIZE": str(int(world)), "RANK": str(_int(env["SLURM_PROCID"])),
+            "LOCAL_RANK": str(_int(env.get("SLURM_LOCALID"))), "GROUP_RANK": str(node), "NODE_RANK": str(node),
+            "LOCAL_WORLD_SIZE": str(tasks_on_node(env.get("SLURM_TASKS_PER_NODE", ""), node)),
+            "MASTER_ADDR": hosts[0] if hosts else "127.0.0.1",
+            # SLURM_JOB_ID is unique per array task; the restart count moves the port on requeue
+            "MASTER_PORT": str(master_port(env["SLURM_JOB_ID"], _int(env.get("SLURM_RESTART_COUNT"))))}
+
+
+def classify(returncode, log_tail=""):
+    """ok | interrupted | oom | node | error: what a stage's exit means for a retry."""
+    if returncode == 0:
+        return "ok"
+    if OOM.search(log_tail or "") or (returncode in (-9, 137) and "Killed" in (log_tail or "")):
+        return "oom"
+    if NODE_FAULT.search(log_tail or ""):
+        return "node"
+    if returncode in INTERRUPTED:
+        return "interrupted"
+    return "error"
+
+
+# -- MLflow from rank 0 --------------------------------------------------------------------------
+def _tracking(fn, *args):
+    """Best effort: a tracking server hiccup must not fail a training job."""
+    try:
+        from . import lineage
+
+        return fn(lineage, *args)
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        print(f"[hirl] warning: MLflow: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def mark_started(env):
+    run_id = env.get("MLFLOW_RUN_ID")
+    if not run_id or env.get("RANK", "0") != "0":
+        return
+    tags = {"hirl.attempt": str(attempt(env)), "hirl.job_id": job_id(env),
+            "hirl.nodes": env.get("SLURM_JOB_NODELIST", "")}
+    _tracking(lambda lin: lin.set_tags(run_id, {k: v for k, v in tags.items() if v}))
+
+
+def mark_ended(env, outcome, detail=""):
+    """Set the final status where the stage could not (killed hard, bad input before tracking)."""
+    run_id = env.get("MLFLOW_RUN_ID")
+    if not run_id or env.get("RANK", "0") != "0":
+        return
+
+    def update(lin):
+        status = lin.run_status(run_id)
+        if status == "FINISHED":  # the stage completed; a signal during its exit changes nothing
+            return
+        if detail:
+            lin.set_tags(run_id, {"hirl.failure": outcome, "hirl.reason": detail[:500]})
+        if status in ("SCHEDULED", "RUNNING"):
+            lin.set_run_status(run_id, "FINISHED" if outcome == "ok" else
+                               "KILLED" if outcome == "interrupted" else "FAILED")
+
+    def close_chain(lin):  # nobody watches a SLURM chain: the stage that ends it closes the chain run
+        if env.get("HIRL_EXPERIMENT") and env.get("HIRL_CELL"):
+            lin.end_chain(env["HIRL_EXPERIMENT"], env["HIRL_CELL"])
+    _tracking(update)
+    if outcome != "interrupted":  # a requeue follows an interruption: the chain is not over
+        _tracking(close_chain)
+
+
+# -- the submitit callable -------------------------------------------------------------------------
+class StageFailed(RuntimeError):
+    """The stage exited non-zero; the message says how it was classified."""
+
+
+class StageCommand:
+    """Run ``argv`` in this task with the distributed environment set; picklable (strings only)."""
+
+    def __init__(self, argv, env=None, env_defaults=None, cwd=None):
+        self.argv = [str(a) for a in argv]
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}
+        # set only when the job's environment lacks them (a URI with credentials stays out of the pickle)
+        self.env_defaults = {str(k): str(v) for k, v in (env_defaults or {}).items()}
+        self.cwd = None if cwd is None else str(cwd)
+
+    def __repr__(self):
+        return f"StageCommand({self.argv!r})"
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's preemption hook: requeue the very same command; the stage resumes from disk."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(StageCommand(self.argv, self.env, self.env_defaults, self.cwd))
+
+    def environment(self, base=None):
+        env = dict(os.environ if base is None else base)
+        for key, value in self.env_defaults.items():
+            env.setdefault(key, value)
+        env.update(self.env)
+        env.update(dist_env(env))
+        return env
+
+    def __call__(self):
+        env = self.environment()
+        mark_started(env)
+        rank = env.get("RANK", "0")
+        print(f"[hirl] rank {rank}/{env.get('WORLD_SIZE', '1')} attempt {attempt(env)} on "
+              f"{os.uname().nodename}: {' '.join(self.argv)}", flush=True)
+        proc = subprocess.Popen(self.argv, env=env, cwd=self.cwd)  # output goes to this task's log
+        try:
+            code = proc.wait()
+        except BaseException as exc:  # submitit's USR2 handler: let the stage stop at its next step
+            _wait(proc, 20.0)
+            if not isinstance(exc, SystemExit):  # not requeued: the time-limit requeues are used up
+                mark_ended(env, "timeout", f"{type(exc).__name__}: {exc}")
+            raise
+        outcome = classify(code, _log_tail())
+        if outcome == "ok":
+            mark_ended(env, "ok")
+            return code
+        if outcome == "node" and rank == "0" and _retry_elsewhere(env):
+            sys.exit(-1)  # like submitit after a requeue: no result file, the job is not over
+        detail = f"exit code {code}" + {"oom": ": out of memory, not retried",
+                                        "node": ": node fault (NCCL/ECC), already retried once",
+                                        "interrupted": ": interrupted by a signal"}.get(outcome, "")
+        mark_ended(env, outcome, detail)
+        raise StageFailed(f"{outcome}: {detail}")
+
+
+def _retry_elsewhere(env):
+    """Requeue this job once with the failing node excluded; the dependents' afterok stays valid
+    because the job id does not change."""
+    jid, node = env.get("SLURM_JOB_ID"), env.get("SLURMD_NODENAME") or os.uname().nodename
+    folder = Path(env.get("SUBMITIT_FOLDER") or ".")
+    marker = folder / f".{job_id(env) or jid}.node-retry"
+    if not jid or marker.exists():
+        return False
+    marker.write_text(node + "\n")
+    print(f"[hirl] node fault on {node}: requeue job {jid} once without it", file=sys.stderr, flush=True)
+    _tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"node fault on {node}"})
+              if env.get("MLFLOW_RUN_ID") else None)
+    if subprocess.run(["scontrol", "requeue", jid], check=False).returncode != 0:
+        return False
+    # ExcNodeList can only change once the job is pending again; SIGTERM is bypassed by submitit
+    for _ in range(40):
+        if subprocess.run(["scontrol", "update", f"JobId={jid}", f"ExcNodeList={node}"], check=False,
+                          capture_output=True).returncode == 0:
+            break
+        time.sleep(0.25)
+    return True
+
+
+def _log_tail(limit=65536):
+    """The end of this task's stdout + stderr files (submitit's per-task logs)."""
+    text = ""
+    try:
+        import submitit
+
+        paths = submitit.JobEnvironment().paths
+        for path in (paths.stdout, paths.stderr):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(path) - limit))
+                    text += f.read().decode("utf-8", errors="replace")
+            except OSError:
+                pass
+    except Exception:  # noqa: BLE001 - not under submitit (tests): nothing to read
+        pass
+    return text
+
+
+def _wait(proc, timeout):
+    try:
+        proc.wait(timeout=timeout)
+    except BaseException:  # noqa: BLE001 - the scheduler kills what is left
+        pass
+
+
+def _int(text):
+    try:
+        return int(str(text or "0").strip())
+    except ValueError:
+        return 0
+
+
+def stage_argv(stage_type, config, python=None):
+    return [python or sys.executable, "-m", "hirl_core", stage_type, "-c", str(config)]
+
+
+def main(argv=None):
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[1])
+        return 0 if args else 2
+    command = args[1:] if args[0] == "--" else stage_argv(args[0], "", None)[:4] + args[1:]
+    env = dict(os.environ)
+    env.update(dist_env(env))
+    mark_started(env)
+    sys.stdout.flush()
+    os.execvpe(command[0], command, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
