@@ -8,29 +8,13 @@ import torch
 from torch.utils.data import Dataset
 
 
-class InMemoryViews(Dataset):
-    """Images held as one uint8 tensor [N, C, H, W]; views made by a batch augmentation.
+class _InMemory(Dataset):
+    """Images held as one uint8 tensor [N, C, H, W], transformed a whole batch at a time.
 
-    `__getitems__` lets the DataLoader augment a whole batch in one call (torch >= 2.2 uses it when
+    `__getitems__` lets the DataLoader transform a batch in one call (torch >= 2.2 uses it when
     present), which is what keeps the CPU demo fast; `__getitem__` is the same thing for one image.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, augment):
-        self.images, self.targets, self.augment = images, targets, augment
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices):
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        views = self.augment(self.images[idx])
-        return [([v[j] for v in views], int(i), int(self.targets[i])) for j, i in enumerate(idx)]
-
-
-class InMemoryEval(Dataset):
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform):
         self.images, self.targets, self.transform = images, targets, transform
 
@@ -40,10 +24,27 @@ class InMemoryEval(Dataset):
     def __getitem__(self, i: int):
         return self.__getitems__([i])[0]
 
+    def _sample(self, out, j: int):
+        raise NotImplementedError
+
     def __getitems__(self, indices):
         idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.transform(self.images[idx])
-        return [(x[j], int(i), int(self.targets[i])) for j, i in enumerate(idx)]
+        out = self.transform(self.images[idx])
+        return [(self._sample(out, j), int(i), int(self.targets[i])) for j, i in enumerate(idx)]
+
+
+class InMemoryViews(_InMemory):
+    """Pre-training: `transform` is a batch augmentation returning a list of views."""
+
+    def _sample(self, views, j: int):
+        return [v[j] for v in views]
+
+
+class InMemoryEval(_InMemory):
+    """Evaluation: `transform` returns one batch tensor."""
+
+    def _sample(self, x, j: int):
+        return x[j]
 
 
 class ImageFolderWithIndex(Dataset):
