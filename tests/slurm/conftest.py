@@ -25,7 +25,7 @@ stages:
     overrides: [epochs={epochs}, batch_size=64, data.train_subset={subset}, method.queue_size=64,
                 backbone.width=16, method.hidden_dim=64]
 {knn}resources:
-  slurm: {{time: 30{extra}}}
+  slurm: {{time: {time}{extra}}}
 """
 KNN = """\
   knn:
@@ -65,8 +65,8 @@ class Root:
         shutil.copy2(REPO / "pyproject.toml", path / "pyproject.toml")  # make's setup target: up to date
         (path / ".venv").symlink_to(REPO / ".venv")
 
-    def experiment(self, name, epochs=2, subset=512, knn=True, extra=""):
-        text = TINY.format(name=name, epochs=epochs, subset=subset, knn=KNN if knn else "", extra=extra)
+    def experiment(self, name, epochs=2, subset=512, knn=True, extra="", time=30):
+        text = TINY.format(name=name, epochs=epochs, subset=subset, knn=KNN if knn else "", extra=extra, time=time)
         (self.path / "configs" / "experiments" / f"{name}.yaml").write_text(text)
         return name
 

@@ -240,16 +240,17 @@ def test_node_faults_are_retried_once_on_another_node_and_oom_fails_fast(root):
 
 
 def test_time_limit_requeues_are_bounded(root):
-    """Within the last 10 minutes of its time limit a USR2 counts as a timeout (submitit's rule); the
-    profile allows one time-limit requeue, so the second USR2 ends the job instead of requeueing it."""
+    """A USR2 after min(80 %, limit - 10 min) of the time limit counts as a timeout (submitit's rule:
+    always, for a 5-minute limit); the profile allows one time-limit requeue, so the second USR2 ends
+    the job instead of requeueing it (preemption requeues, by contrast, are unlimited)."""
     (root.path / "slurm" / "test.yaml").write_text(
-        f"runtime: none\npython: {sys.executable}\ntime: 30\nmax_timeout_requeues: 1\n")
-    exp = root.experiment("timeout", knn=False)
-    job = _submit_command(root, exp, "import time; print('started', flush=True); time.sleep(600)")
+        f"runtime: none\npython: {sys.executable}\ntime: 5\nsignal_delay_s: 10\nmax_timeout_requeues: 1\n")
+    exp = root.experiment("timeout", knn=False, time=5)
+    job = _submit_command(root, exp, "import time; print('sleeping', 'now', flush=True); time.sleep(600)")
     log = lambda: root.hirl("logs", exp, "--stage", "pretrain").stdout  # noqa: E731
     try:
         for attempt in (1, 2):
-            wait_for(lambda: log().count("started") == attempt, 300, f"attempt {attempt} to run", 2.0)
+            wait_for(lambda: log().count("sleeping now") == attempt, 300, f"attempt {attempt} to run", 2.0)
             subprocess.run(["scancel", "--signal=USR2", job], check=True)
         run = _wait_done(root, exp, ["pretrain"], timeout=300)["pretrain"]
     except BaseException:
