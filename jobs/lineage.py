@@ -121,16 +121,21 @@ def _search_all(c, exp_id, filter_string=""):
             return runs
 
 
-def find_chain(experiment_name, cell_id, uri=None):
-    """The latest chain run of a cell, or None (never creates anything)."""
+def _latest(experiment_name, filter_string, uri=None):
+    """The newest active run matching `filter_string`, or None; never creates a store or experiment."""
     if not store_exists(uri):
         return None
     c = client(uri)
     exp_id = _experiment_id(c, experiment_name, create=False)
     if exp_id is None:
         return None
-    runs = _search(c, exp_id, f"tags.`hirl.cell` = '{cell_id}' and tags.`hirl.kind` = 'chain'")
+    runs = _search(c, exp_id, filter_string)
     return runs[0] if runs else None
+
+
+def find_chain(experiment_name, cell_id, uri=None):
+    """The latest chain run of a cell, or None (never creates anything)."""
+    return _latest(experiment_name, f"tags.`hirl.cell` = '{cell_id}' and tags.`hirl.kind` = 'chain'", uri)
 
 
 def _latest_stage_runs(c, exp_id, chain_id):
@@ -334,14 +339,7 @@ def existing_runs(cell, uri=None):
 
 
 def find_sweep_run(experiment_name, sweep_id, uri=None):
-    if not store_exists(uri):
-        return None
-    c = client(uri)
-    exp_id = _experiment_id(c, experiment_name, create=False)
-    if exp_id is None:
-        return None
-    runs = _search(c, exp_id, f"tags.`hirl.kind` = 'sweep' and tags.`hirl.sweep` = '{sweep_id}'")
-    return runs[0] if runs else None
+    return _latest(experiment_name, f"tags.`hirl.kind` = 'sweep' and tags.`hirl.sweep` = '{sweep_id}'", uri)
 
 
 def ensure_sweep_run(sweep, backend, uri=None):
