@@ -40,7 +40,12 @@ export SLURM_CONF := $(HIRL_SLURM_DIR)/slurm.conf
 endif
 endif
 
-.PHONY: help setup data demo submit plan status logs cancel retry report ui test bench clean dev-slurm-up dev-slurm-down
+# The shared image: REGISTRY=<host:port> (default $HIRL_REGISTRY) for push; passed through the
+# environment, never pasted into a shell line.
+REGISTRY ?= $(HIRL_REGISTRY)
+export HIRL_IMAGE_REPOSITORY := $(or $(IMAGE_REPO),$(if $(strip $(REGISTRY)),$(REGISTRY)/hirl,hirl))
+
+.PHONY: help setup data demo submit plan status logs cancel retry report ui test bench clean dev-slurm-up dev-slurm-down image push dev-engine-up dev-engine-down
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
 
@@ -97,6 +102,18 @@ test: setup data  ## the whole test suite
 
 bench: setup data  ## benchmarks → bench/results/*.json
 	$(PY) bench/run.py
+
+image: setup  ## build the shared image (docker/Dockerfile; tag = content hash) through DOCKER_HOST
+	$(HIRL) image build
+
+push: image  ## push the image to REGISTRY (host:port) and record its digest for cluster jobs
+	$(HIRL) image push
+
+dev-engine-up:  ## podman's Docker API + a registry on 127.0.0.1:5001 (root; apt installs them); prints exports
+	@bash docker/engine-up.sh
+
+dev-engine-down:  ## stop what dev-engine-up started
+	@bash docker/engine-down.sh
 
 dev-slurm-up:  ## a 2-node SLURM dev cluster on this host (root; apt installs it) for BACKEND=slurm
 	@bash slurm/dev-up.sh >/dev/null && echo "SLURM dev cluster up; for sinfo/squeue: export SLURM_CONF=$(HIRL_SLURM_DIR)/slurm.conf"

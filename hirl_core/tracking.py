@@ -20,8 +20,10 @@ class Tracker:
         self._mlflow = mlflow
         run = mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID") or None, run_name=run_name)
         self.run_id = run.info.run_id
-        if tags:
-            mlflow.set_tags(tags)
+        # The image this stage runs in: its digest when a cluster backend started it in the shared image
+        # (HIRL_IMAGE), else "local" for a stage run by hand in the host environment.
+        image = os.environ.get("HIRL_IMAGE") or (None if os.environ.get("MLFLOW_RUN_ID") else "local")
+        mlflow.set_tags({**({"hirl.image": image} if image else {}), **(tags or {})})
 
     @property
     def active(self) -> bool:

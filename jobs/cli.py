@@ -18,7 +18,7 @@ import time
 
 from hirl_core.config import ConfigError
 
-from . import names
+from . import image, names
 from .backends import BackendError, Handle, Plan, available_backends, get_backend
 from .dag import OUTPUT_ROOT, assign_outputs
 from .matrix import format_sweep_plan, load_sweep
@@ -90,6 +90,8 @@ def build_parser():
                                       "to the sweep run")
     _add_experiment_args(p)
     p.add_argument("--out", metavar="DIR", help="where to write the files (default outputs/EXP/report-<sweep>)")
+
+    image.add_parser(sub)
 
     p = sub.add_parser("ui", help="serve the MLflow UI on the tracking store")
     p.add_argument("--port", type=int, default=5000)
@@ -530,7 +532,7 @@ def cmd_ui(args):
 
 
 COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel,
-            "retry": cmd_retry, "report": cmd_report, "ui": cmd_ui}
+            "retry": cmd_retry, "report": cmd_report, "ui": cmd_ui, "image": image.cmd_image}
 
 
 def main(argv=None):

@@ -4,8 +4,10 @@
     python -m jobs.entrypoint -- <any command>                         # same environment, own command
 
 Discovers the torch distributed environment from SLURM's (``SLURM_PROCID``/``SLURM_NTASKS``/
-``SLURM_LOCALID``/``SLURM_JOB_NODELIST``), or keeps torchrun's when there is no SLURM, then execs
-``python -m hirl_core <stage> -c <config>``. ``MASTER_ADDR`` is the allocation's first host and
+``SLURM_LOCALID``/``SLURM_JOB_NODELIST``), from a Kubernetes Indexed Job/JobSet pod's
+(``JOB_COMPLETION_INDEX`` + ``HIRL_NNODES``; torchrun starts the ranks of a multi-GPU pod), or keeps
+torchrun's (and Kubeflow PyTorchJob's) when it is already set, then execs
+``python -m hirl_core <stage> -c <config>``. It is the image's entrypoint. ``MASTER_ADDR`` is the allocation's first host and
 ``MASTER_PORT`` is derived from the job id *and* the restart count, so a requeued job never meets
 a stale rendezvous of its previous attempt (submitit #1613).
 
@@ -106,6 +108,39 @@ def dist_env(environ=None):
             "MASTER_ADDR": hosts[0] if hosts else "127.0.0.1",
             # SLURM_JOB_ID is unique per array task; the restart count moves the port on requeue
             "MASTER_PORT": str(master_port(env["SLURM_JOB_ID"], _int(env.get("SLURM_RESTART_COUNT"))))}
+
+
+def k8s_env(environ=None):
+    """Kubernetes Indexed Job / JobSet pods: node rank from ``JOB_COMPLETION_INDEX``, the node count and
+    processes per pod from ``HIRL_NNODES``/``HIRL_NPROC_PER_NODE`` (the job spec sets them), the
+    rendezvous host from ``HIRL_MASTER_ADDR`` or JobSet's stable name of pod 0. {} elsewhere (and under
+    Kubeflow's PyTorchJob, which sets torch's variables itself)."""
+    env = os.environ if environ is None else environ
+    if "JOB_COMPLETION_INDEX" not in env or "HIRL_NNODES" not in env or "RANK" in env:
+        return {}
+    node, nnodes = _int(env["JOB_COMPLETION_INDEX"]), max(1, _int(env["HIRL_NNODES"]))
+    nproc = max(1, _int(env.get("HIRL_NPROC_PER_NODE") or "1"))
+    master = env.get("HIRL_MASTER_ADDR") or (
+        f"{env['JOBSET_NAME']}-{env.get('REPLICATED_JOB_NAME', 'workers')}-0-0.{env['JOBSET_NAME']}"
+        if env.get("JOBSET_NAME") else "127.0.0.1")
+    out = {"MASTER_ADDR": master, "MASTER_PORT": env.get("HIRL_MASTER_PORT") or "29500",
+           "NODE_RANK": str(node), "GROUP_RANK": str(node), "LOCAL_WORLD_SIZE": str(nproc)}
+    if nproc == 1:  # one process per pod: it is a rank itself
+        out.update({"RANK": str(node), "WORLD_SIZE": str(nnodes), "LOCAL_RANK": "0"})
+    else:  # several GPUs per pod: torchrun spawns the ranks (launch_argv)
+        out["HIRL_TORCHRUN"] = f"{nnodes}:{node}:{nproc}"
+    return out
+
+
+def launch_argv(argv, env):
+    """The stage command, wrapped in torchrun when a pod must start several ranks itself."""
+    spec = env.get("HIRL_TORCHRUN")
+    if not spec or len(argv) < 3 or argv[1:3] != ["-m", "hirl_core"]:
+        return list(argv)
+    nnodes, node, nproc = spec.split(":")
+    return [argv[0], "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--node-rank={node}",
+            f"--nproc-per-node={nproc}", f"--master-addr={env['MASTER_ADDR']}",
+            f"--master-port={env['MASTER_PORT']}", "-m", "hirl_core", *argv[3:]]
 
 
 def classify(returncode, log_tail=""):
@@ -290,9 +325,9 @@ def main(argv=None):
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.split("\n\n")[1])
         return 0 if args else 2
-    command = args[1:] if args[0] == "--" else stage_argv(args[0], "", None)[:4] + args[1:]
     env = dict(os.environ)
-    env.update(dist_env(env))
+    env.update(dist_env(env) or k8s_env(env))
+    command = args[1:] if args[0] == "--" else launch_argv(stage_argv(args[0], "", None)[:4] + args[1:], env)
     mark_started(env)
     sys.stdout.flush()
     os.execvpe(command[0], command, env)

@@ -3,3 +3,7 @@
 
 class SpecError(ValueError):
     """A user mistake in an experiment spec; the message is one line."""
+
+
+class ImageError(SpecError):
+    """The image cannot be built, pushed or pinned (no engine, never pushed, bad reference); one line."""

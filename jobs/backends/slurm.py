@@ -86,13 +86,13 @@ class SlurmBackend(Backend):
     def _prepare(self, plan, stage, dependency):
         prof = self.profile(plan.cell.root)
         options = self.options(plan, stage)
-        image, pinned = rnd.image_for(plan.cell, options, prof)
+        image, unpinned = rnd.image_for(plan.cell, options, prof)
         python, srun_args = rnd.launcher(plan.cell.root, prof, image)
         params = rnd.sbatch_params(plan.cell, stage, options, prof, dependency=dependency and f"afterok:{dependency}",
                                    hold=self.hold)
         if "cpus_per_task" in params:  # srun of SLURM 22.05 does not inherit it from sbatch
             srun_args = [f"--cpus-per-task={params['cpus_per_task']}"] + srun_args
-        return prof, image, pinned, python, srun_args, params
+        return prof, image, unpinned, python, srun_args, params
 
     def argv(self, stage, prof):
         return list(self.command_for(stage)) if self.command_for else rnd.stage_argv(stage, prof)
@@ -103,7 +103,7 @@ class SlurmBackend(Backend):
         for stage in cell.stages:
             files[posixpath.join(stage.output_dir, "config.yaml")] = dumps_config(stage.config)
             dep = f"<{stage.upstream} job id>" if stage.upstream else ""
-            prof, image, _pinned, python, srun_args, params = self._prepare(plan, stage, dep)
+            prof, image, _unpinned, python, srun_args, params = self._prepare(plan, stage, dep)
             folder = posixpath.join(cell.root, stage.output_dir, "slurm", rnd.SUBMISSION_PLACEHOLDER)
             files[f"slurm/{stage.name}.sbatch"] = rnd.batch_script(params, python, srun_args, folder)
             run_id = plan.runs[stage.name].run_id if plan.runs else "<run-id>"
@@ -191,19 +191,16 @@ class SlurmBackend(Backend):
                                "with `make dev-slurm-up`")
 
     @staticmethod
-    def _require_pinned(prof, image, pinned):
-        if not pinned:
-            raise BackendError(f"site profile {prof['name']!r} runs a {prof['runtime']} container, which needs "
-                               f"the image pinned by digest (<registry>/<repo>@sha256:<digest>); none is known "
-                               f"yet: build and push the image (issue 7), then set `image:` in the experiment "
-                               f"or in {prof['path']}")
+    def _require_pinned(prof, image, unpinned):
+        if unpinned:  # the reason: never pushed, or a tag the push record does not know
+            raise BackendError(unpinned)
 
     def _groups(self, items):
         """Items of one level grouped by job shape; a group of one is a plain job."""
         groups = {}
         for item in items:
-            prof, image, pinned, python, srun_args, params = self._prepare(item.plan, item.stage, item.dependency)
-            self._require_pinned(prof, image, pinned)
+            prof, image, unpinned, python, srun_args, params = self._prepare(item.plan, item.stage, item.dependency)
+            self._require_pinned(prof, image, unpinned)
             item.params, item.python, item.srun_args, item.image = params, python, tuple(srun_args), image
             shape = {k: v for k, v in params.items() if k not in ("job_name", "dependency", "additional_parameters")}
             key = json.dumps([item.plan.cell.root, item.stage.name, item.stage.type, shape, python, srun_args],
@@ -227,6 +224,8 @@ class SlurmBackend(Backend):
     def _command(self, item):
         prof = self.profile(item.plan.cell.root)
         env = rnd.stage_env(item.plan.cell, item.stage, item.run_id, item.attempt_base)
+        if getattr(item, "image", "host") != "host":  # the stage tags its run with the digest it runs in
+            env["HIRL_IMAGE"] = item.image
         defaults = {"MLFLOW_TRACKING_URI": _strip_credentials(item.plan.tracking_uri or lineage.tracking_uri())}
         out = Path(item.plan.cell.root, item.stage.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,8 @@ import shlex
 import yaml
 
 from .. import names, resources as res
+from ..errors import ImageError
+from ..image import pinned_reference
 from .base import BackendError
 
 RUNTIMES = ("none", "pyxis", "apptainer")
@@ -98,16 +100,22 @@ def load_profile(site, root):
 
 
 def image_for(cell, options, profile):
-    """(image reference, pinned?): the experiment's image, then resources.slurm.image, then the profile's."""
+    """(image reference, why not pinned): the experiment's image, then resources.slurm.image, then the
+    profile's, then the latest `hirl image push`. A tag is pinned through the push record; ``why`` is ""
+    when the reference is pinned by digest, else the reason (render shows a placeholder, submit refuses)."""
     if profile["runtime"] == "none":
-        return "host", True
+        return "host", ""
     image = cell.image or options.get("image") or profile.get("image") or ""
     scheme, _, ref = image.rpartition("://")
     if image and (not names.IMAGE_REF.fullmatch(ref) or scheme not in ("", "docker", "oras")):
         raise BackendError(f"unsafe image reference {image!r}")
-    if not image or not DIGEST.search(image):
-        return IMAGE_PLACEHOLDER, False
-    return image, True
+    if image and DIGEST.search(image):
+        return image, ""
+    try:  # a tag, or nothing: what `hirl image push` recorded under this repo root
+        return (scheme + "://" if scheme else "") + pinned_reference(ref, root=cell.root), ""
+    except ImageError as exc:
+        return IMAGE_PLACEHOLDER, (f"site profile {profile['name']!r} runs a {profile['runtime']} container, "
+                                   f"which needs the image pinned by digest: {exc}")
 
 
 def _pyxis_image(image):
