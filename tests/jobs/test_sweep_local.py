@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from jobs import cli, lineage, spec
+from jobs import cli, cli_runs, lineage, spec
 from jobs.backends.local import LocalBackend
 from jobs.matrix import load_sweep
 
@@ -61,7 +61,8 @@ def recording_backend(order, fail=lambda stage: False):
 
 
 def use(monkeypatch, backend):
-    monkeypatch.setattr(cli, "get_backend", lambda name: backend)
+    for module in (cli, cli_runs):  # submit, and the verbs on existing runs
+        monkeypatch.setattr(module, "get_backend", lambda name: backend)
 
 
 def ran(order):

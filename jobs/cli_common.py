@@ -1,0 +1,97 @@
+"""What the ``hirl`` verbs share: loading the spec named on the command line, the local data check,
+and the status tables (one cell's stages, a sweep's cells × stages, the closing KNN line)."""
+
+from __future__ import annotations
+
+import json
+
+from hirl_core.config import ConfigError
+
+from .matrix import load_sweep
+
+USAGE_RC = 2
+INTERRUPTED_RC = 130
+DONE = ("FINISHED", "FAILED", "KILLED")
+
+
+def load(args):
+    return load_sweep(args.experiment, root=".", overrides=args.overrides)
+
+
+def _metric_text(row):
+    return f"{row.metric}={row.value:.4g}" if row.metric and row.value is not None else "-"
+
+
+def _table(rows, indent="  "):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(v.ljust(w) for v, w in zip(row, widths))).rstrip() for row in rows]
+
+
+def print_rows(rows):
+    """One cell's stages (the single-experiment view: each line starts with the stage name)."""
+    table = [("stage", "type", "state", "job id", "attempt", "run id", "key metric")]
+    table += [(r.stage, r.type or "-", r.status, r.job_id or "-", str(r.attempt or "-"), r.run_id or "-",
+               _metric_text(r)) for r in rows]
+    print("\n".join(_table(_scheduler_column(table, rows))))
+
+
+def print_sweep(statuses):
+    """Cells × stages of a sweep; the cell's id and matrix point on its first stage's line."""
+    table = [("cell", "params", "stage", "job id", "state", "attempt", "key metric")]
+    for st in statuses:
+        for i, r in enumerate(st.rows):
+            first = i == 0
+            table.append((st.cell.cell_id[:8] if first else "", st.cell.label if first else "", r.stage,
+                          r.job_id or "-", r.status, str(r.attempt or "-"), _metric_text(r)))
+    print("\n".join(_table(_scheduler_column(table, [r for st in statuses for r in st.rows]))))
+
+
+def _scheduler_column(table, rows):
+    """A last column with the scheduler's view (SLURM state, reason, why) when a backend gave one."""
+    if not any(getattr(r, "scheduler", "") for r in rows):
+        return table
+    return [table[0] + ("scheduler",)] + [t + (getattr(r, "scheduler", "") or "-",) for t, r in zip(table[1:], rows)]
+
+
+def counts(statuses):
+    counts = {}
+    for st in statuses:
+        counts[st.status] = counts.get(st.status, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def check_cells_data(cells):
+    """The local backend's pre-flight: every stage's dataset is here (each distinct one checked once)."""
+    from hirl_core.data import check_data
+
+    seen = set()
+    for cell in cells:
+        for stage in cell.stages:
+            data = stage.config.get("data")
+            if not isinstance(data, dict):
+                continue
+            splits = ("train",) if stage.type == "pretrain" else ("train", "val")
+            key = (json.dumps(data, sort_keys=True, default=str), splits)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check_data(data, splits=splits)
+            except ConfigError as exc:
+                raise ConfigError(f"stage {stage.name!r}: {exc}") from None
+
+
+def summary_line(rows, uri):
+    """One closing line: KNN of the pre-trained vs the untrained backbone, and where to look."""
+    from . import lineage
+
+    ui = f"open the MLflow UI: make ui  (tracking: {uri})"
+    knn = [r for r in rows if r.type == "knn" and r.run_id and r.status == "FINISHED"]
+    if not knn:
+        return ui
+    metrics = lineage.client(uri).get_run(knn[0].run_id).data.metrics
+    ours, base = metrics.get("knn_top1_k20"), metrics.get("knn_top1_k20_untrained")
+    if ours is None or base is None:
+        return ui
+    return (f"KNN top-1 (k=20): pre-trained {100 * ours:.2f} %, untrained {100 * base:.2f} % "
+            f"({100 * (ours - base):+.2f}) · {ui}")
