@@ -1,4 +1,4 @@
-"""jobs.entrypoint without a cluster: rank discovery from SLURM's environment, the rendezvous port,
+"""jobs.entrypoint without a cluster: rank discovery from SLURM's (and a Kubernetes pod's) environment, the rendezvous port,
 attempts, failure classes, and the submitit callable (strings only, requeued unchanged)."""
 
 import pickle
@@ -99,3 +99,29 @@ def test_entrypoint_module_execs_the_command_with_ranks(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "3", "n1"]
+
+
+def test_kubernetes_jobset_pod_with_one_rank_is_a_rank_itself():
+    env = {"JOB_COMPLETION_INDEX": "2", "HIRL_NNODES": "4", "JOBSET_NAME": "hirl-demo-ab12",
+           "REPLICATED_JOB_NAME": "workers"}
+    out = ep.k8s_env(env)
+    assert out["RANK"] == "2" and out["WORLD_SIZE"] == "4" and out["LOCAL_RANK"] == "0"
+    assert out["MASTER_ADDR"] == "hirl-demo-ab12-workers-0-0.hirl-demo-ab12" and out["MASTER_PORT"] == "29500"
+    argv = [sys.executable, "-m", "hirl_core", "pretrain", "-c", "cfg.yaml"]
+    assert ep.launch_argv(argv, {**env, **out}) == argv
+
+
+def test_kubernetes_pod_with_several_gpus_starts_its_ranks_with_torchrun():
+    env = {"JOB_COMPLETION_INDEX": "1", "HIRL_NNODES": "2", "HIRL_NPROC_PER_NODE": "8",
+           "HIRL_MASTER_ADDR": "head.svc", "HIRL_MASTER_PORT": "23456"}
+    out = ep.k8s_env(env)
+    assert "RANK" not in out  # torchrun assigns RANK/LOCAL_RANK per process
+    argv = ep.launch_argv(["python", "-m", "hirl_core", "knn", "-c", "k.yaml"], {**env, **out})
+    assert argv == ["python", "-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "--nproc-per-node=8",
+                    "--master-addr=head.svc", "--master-port=23456", "-m", "hirl_core", "knn", "-c", "k.yaml"]
+
+
+def test_no_kubernetes_discovery_outside_a_pod_or_under_torchrun_or_pytorchjob():
+    assert ep.k8s_env({}) == {}
+    assert ep.k8s_env({"JOB_COMPLETION_INDEX": "0"}) == {}            # not a hirl multi-node job
+    assert ep.k8s_env({"JOB_COMPLETION_INDEX": "0", "HIRL_NNODES": "2", "RANK": "3"}) == {}
