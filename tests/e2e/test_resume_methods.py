@@ -1,5 +1,5 @@
-"""The resume-after-kill guarantee for every method: a pre-training killed with SIGTERM in its second (last)
-epoch and started again ends bit-for-bit where an uninterrupted run ends: model, EMA teacher / momentum
+"""The resume-after-kill guarantee for every method: a pre-training killed with SIGTERM after its first
+epoch checkpoint and started again ends bit-for-bit where an uninterrupted run ends: model, EMA teacher / momentum
 encoder, queues, centers, optimizer state and schedules all come back from the epoch checkpoint, and the
 per-epoch reseeding replays the interrupted epoch's augmentations and masks exactly.
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-COMMON = ["epochs=2", "batch_size=32", "data.train_subset=256", "num_workers=0"]
+COMMON = ["epochs=3", "batch_size=32", "data.train_subset=256", "num_workers=0"]
 RESNET = ["backbone.width=4"]
 VIT = ["backbone.depth=1"]
 METHODS = {
@@ -78,11 +78,10 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path,
     while not (killed / "checkpoint.pth").exists():   # the end of epoch 1
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
-    time.sleep(0.3)                                   # into epoch 2
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGTERM)   # somewhere in epoch 2 or 3: two epochs of margin before the run ends
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, f"the run finished before it could be killed:\n{out[-2000:]}"
-    assert _final(killed)["epoch"] < 2
+    assert _final(killed)["epoch"] < 3
 
     res = subprocess.run(_command(method, killed), env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
