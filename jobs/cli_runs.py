@@ -165,14 +165,21 @@ def cmd_logs(args):
     return 0
 
 
-def cmd_cancel(args):
+def _selected(args):
+    """The spec, the cells --cell selects (with --stage checked), the tracking URI and their statuses."""
     from . import lineage
 
     sweep = load(args)
     cells = sweep.select(args.cell)
     _check_stage(args.stage, cells)
     uri = lineage.tracking_uri()
-    statuses = lineage.sweep_status(sweep.name, cells, uri)
+    return sweep, cells, uri, lineage.sweep_status(sweep.name, cells, uri)
+
+
+def cmd_cancel(args):
+    from . import lineage
+
+    sweep, cells, uri, statuses = _selected(args)
     groups = {}  # backend name -> (backend, [(cell, handle)]): one cancel call each, so every
     for st in statuses:  # scheduled stage of the sweep is marked before any process is stopped
         if st.chain is None:
@@ -208,11 +215,7 @@ def cmd_cancel(args):
 def cmd_retry(args):
     from . import lineage
 
-    sweep = load(args)
-    cells = sweep.select(args.cell)
-    _check_stage(args.stage, cells)
-    uri = lineage.tracking_uri()
-    statuses = lineage.sweep_status(sweep.name, cells, uri)
+    sweep, cells, uri, statuses = _selected(args)
     todo = []
     for st in statuses:
         failed = [r.stage for r in st.rows if r.status in ("FAILED", "KILLED")
