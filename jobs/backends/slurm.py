@@ -185,22 +185,17 @@ class SlurmBackend(Backend):
 
         for plan in plans:
             for stage in plan.cell.stages:
-                self._require_pinned(*self._prepare(plan, stage, "")[:3])
+                _require_pinned(self._prepare(plan, stage, "")[2])
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise BackendError("sbatch/srun not found: submit from a SLURM login node, or start the dev cluster "
                                "with `make dev-slurm-up`")
-
-    @staticmethod
-    def _require_pinned(prof, image, unpinned):
-        if unpinned:  # the reason: never pushed, or a tag the push record does not know
-            raise BackendError(unpinned)
 
     def _groups(self, items):
         """Items of one level grouped by job shape; a group of one is a plain job."""
         groups = {}
         for item in items:
             prof, image, unpinned, python, srun_args, params = self._prepare(item.plan, item.stage, item.dependency)
-            self._require_pinned(prof, image, unpinned)
+            _require_pinned(unpinned)
             item.params, item.python, item.srun_args, item.image = params, python, tuple(srun_args), image
             shape = {k: v for k, v in params.items() if k not in ("job_name", "dependency", "additional_parameters")}
             key = json.dumps([item.plan.cell.root, item.stage.name, item.stage.type, shape, python, srun_args],
@@ -389,3 +384,9 @@ def _int(text):
         return int(text or 0)
     except ValueError:
         return 0
+
+
+def _require_pinned(unpinned):
+    """Refuse to submit a container job whose image is not pinned by digest (``unpinned`` says why)."""
+    if unpinned:
+        raise BackendError(unpinned)
