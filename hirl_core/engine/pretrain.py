@@ -31,12 +31,39 @@ from .optim import (build_optimizer, clip_gradients, scaled_lr, scheduled_lr, sc
                     set_weight_decay)
 
 
-class Interrupted(Exception):
-    """SIGTERM/SIGUSR2 arrived: stop at the next step; the last epoch checkpoint is the resume point."""
+class Interrupted(BaseException):
+    """SIGTERM/SIGUSR2 arrived: stop now; the last epoch checkpoint is the resume point.
+
+    A BaseException, as KeyboardInterrupt: the signal may land inside a library call that turns every
+    ``Exception`` into its own error (MLflow's SQL store wraps them in MlflowException), and the run would
+    then end FAILED instead of KILLED."""
+
+
+_deferred: list[str] | None = None  # while a list, signals are queued here instead of raised
 
 
 def _raise_interrupted(signum, _frame):
-    raise Interrupted(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if _deferred is not None:
+        _deferred.append(name)
+        return
+    raise Interrupted(name)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGTERM/SIGUSR2 back for the block; one that arrived meanwhile is raised at its end.
+
+    A flag rather than pthread_sigmask: the kernel may hand a process signal to any other thread, and
+    Python then runs the handler in the main thread whatever the main thread's mask says."""
+    global _deferred
+    _deferred = []
+    try:
+        yield
+    finally:
+        pending, _deferred = _deferred, None
+    if pending:
+        raise Interrupted(pending[0])
 
 
 def seed_all(seed: int) -> None:
@@ -121,17 +148,23 @@ def run_pretrain(cfg) -> dict:
                                 step=epoch)
             stats = _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision, epoch)
             history.append(stats)
-            if info.is_main:
-                ckpt.atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
-                                  "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
-                                  "hirl_tree": tree_state(hirl.tree, epoch) if hirl else None}, out / ckpt.CHECKPOINT)
-            tracker.metrics(stats, step=epoch)
+            # The checkpoint and the epoch's metrics land together or not at all: a signal in between
+            # would resume after an epoch whose metrics were never logged. It waits until both are done.
+            with _signals_deferred():
+                if info.is_main:
+                    ckpt.atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
+                                      "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
+                                      "hirl_tree": tree_state(hirl.tree, epoch) if hirl else None},
+                                     out / ckpt.CHECKPOINT)
+                tracker.metrics(stats, step=epoch)
             barrier()
         if info.is_main:
             ckpt.export_backbone(method, out / ckpt.BACKBONE, prefix="model.backbone." if hirl else "backbone.")
         tracker.finish("FINISHED")
     except Interrupted as why:
+        for s in previous:  # a second signal must not cut the KILLED write short (SIGKILL still can)
+            signal.signal(s, signal.SIG_IGN)
         _say(info, f"interrupted by {why}; resume point: {out / ckpt.CHECKPOINT}")
         tracker.finish("KILLED")
         sys.exit(143)
