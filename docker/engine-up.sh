@@ -20,6 +20,11 @@ if ((${#need[@]})); then
          netavark aardvark-dns catatonit mmdebstrap docker-registry uidmap >/dev/null; }
 fi
 mkdir -p "$DIR/registry"
+# One build is ~7 GB in the engine plus its copy in the registry; warn before a build fails mid-commit.
+free_gb=$(df -BG --output=avail "$DIR" | tail -1 | tr -dc 0-9)
+if [ "${free_gb:-0}" -lt 20 ]; then
+  log "warning: only ${free_gb} GB free under $DIR; a build needs ~15 GB (old builds: bash docker/engine-down.sh --prune)"
+fi
 
 # crun cannot run on this host's hybrid cgroups -> runc; the default rlimits need CAP_SYS_RESOURCE we
 # lack -> lower ones; host networking needs no bridge/iptables; the host's CA bundle is mounted into
