@@ -157,7 +157,7 @@ def cmd_submit(args):
         if sweep.is_matrix and batched is None:
             print(f"\n== cell {i}/{len(cells)} {cell.cell_id[:8]}: {cell.label}", flush=True)
         result = batched[i - 1] if batched is not None else backend.submit(Plan(cell, runs, uri, args.force))
-        lineage.end_chain(sweep.name, cell.cell_id, uri=uri)
+        lineage.end_chain(sweep.name, cell.cell_id, uri=uri, close_sweep=False)  # the sweep: below
         if result.returncode == INTERRUPTED_RC:
             rc = INTERRUPTED_RC
             break

@@ -198,12 +198,8 @@ def cmd_cancel(args):
                 total += 1
                 touched.add(cell.cell_id)
     for cell_id in touched:
-        lineage.end_chain(sweep.name, cell_id, uri=uri)
-    if sweep.is_matrix:
-        run = lineage.find_sweep_run(sweep.name, sweep.sweep_id, uri)
-        if run is not None:
-            lineage.end_sweep(run.info.run_id, [s.status for s in lineage.sweep_status(sweep.name, sweep.cells, uri)],
-                              uri)
+        lineage.end_chain(sweep.name, cell_id, uri=uri, close_sweep=False)  # the sweep: below
+    lineage.settle_sweep(sweep, uri)
     scope = f"stage {args.stage}" if args.stage else ("sweep" if sweep.is_matrix and not args.cell else "cell")
     if not total:
         print(f"nothing to cancel in {sweep.name} ({scope}): no stage is scheduled or running")
@@ -238,16 +234,13 @@ def cmd_retry(args):
         print(f"\n== retry cell {st.cell.cell_id[:8]} {st.cell.label}".rstrip() + f": {', '.join(sorted(only))}",
               flush=True)
         result = backends[id(st)].submit(Plan(st.cell, runs, uri, False, only=only))
-        lineage.end_chain(sweep.name, st.cell.cell_id, uri=uri)
+        lineage.end_chain(sweep.name, st.cell.cell_id, uri=uri, close_sweep=False)  # the sweep: below
         if result.returncode == INTERRUPTED_RC:
             return INTERRUPTED_RC
         rc = rc or result.returncode
     statuses = lineage.sweep_status(sweep.name, cells, uri)
+    lineage.settle_sweep(sweep, uri, statuses if len(cells) == len(sweep.cells) else None)
     if sweep.is_matrix:
-        run = lineage.find_sweep_run(sweep.name, sweep.sweep_id, uri)
-        if run is not None:
-            lineage.end_sweep(run.info.run_id, [s.status for s in lineage.sweep_status(sweep.name, sweep.cells, uri)],
-                              uri)
         print_sweep(statuses)
     else:
         print_rows(statuses[0].rows)

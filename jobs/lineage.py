@@ -364,7 +364,7 @@ def ensure_sweep_run(sweep, backend, uri=None):
 
 def end_sweep(run_id, cell_statuses, uri=None):
     """FINISHED when every chain is; KILLED/FAILED when one is; else it stays RUNNING."""
-    states = [s for s in cell_statuses]
+    states = list(cell_statuses)
     if states and all(s == "FINISHED" for s in states):
         final = "FINISHED"
     elif "KILLED" in states:
@@ -378,9 +378,21 @@ def end_sweep(run_id, cell_statuses, uri=None):
     return final
 
 
-def end_chain(experiment_name, cell_id, uri=None):
+def settle_sweep(sweep, uri=None, statuses=None):
+    """Set a matrix sweep's run from its cells after cancel/retry (``statuses``: the whole sweep's
+    ``sweep_status`` when the caller already has it). The sweep's status, or None without a sweep run."""
+    run = find_sweep_run(sweep.name, sweep.sweep_id, uri) if sweep.is_matrix else None
+    if run is None:
+        return None
+    statuses = statuses if statuses is not None else sweep_status(sweep.name, sweep.cells, uri)
+    return end_sweep(run.info.run_id, [s.status for s in statuses], uri)
+
+
+def end_chain(experiment_name, cell_id, uri=None, close_sweep=True):
     """Set the chain run's status from its stages once they are done: FINISHED only if all
-    finished, else KILLED or FAILED; returns the status (RUNNING if stages are pending)."""
+    finished, else KILLED or FAILED; returns the status (RUNNING if stages are pending).
+    ``close_sweep``: also close its sweep run when this was the last open chain (callers that settle
+    the sweep themselves right after, as submit/cancel/retry do, skip that search)."""
     chain = find_chain(experiment_name, cell_id, uri)
     if chain is None:
         return None
@@ -394,4 +406,24 @@ def end_chain(experiment_name, cell_id, uri=None):
     else:  # stages still pending or running: the chain is not over
         return "RUNNING"
     set_run_status(chain.info.run_id, final, uri)
+    if close_sweep:
+        _end_sweep_of(chain, uri)
     return final
+
+
+def _end_sweep_of(chain, uri=None):
+    """Close the chain's sweep run once every chain under it has ended. On SLURM nobody watches a sweep
+    after submission: the stage job that ends the last chain closes the sweep too (end_sweep's rule)."""
+    parent = chain.data.tags.get("mlflow.parentRunId")
+    if not parent:
+        return
+    c = client(uri)
+    sweep_run = c.get_run(parent)
+    if sweep_run.data.tags.get("hirl.kind") != "sweep" or sweep_run.info.status != "RUNNING":
+        return
+    chains = _search_all(c, chain.info.experiment_id,
+                         f"tags.`mlflow.parentRunId` = '{parent}' and tags.`hirl.kind` = 'chain'")
+    states = [r.info.status for r in chains]
+    if len(states) >= int(sweep_run.data.tags.get("hirl.cells", "0")) and \
+            not any(s in ("RUNNING", "SCHEDULED") for s in states):
+        end_sweep(parent, states, uri)

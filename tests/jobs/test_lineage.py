@@ -115,3 +115,22 @@ def test_status_rows_key_metrics_and_end_chain(root):
     chain = lineage.find_chain("demo", cell.cell_id)
     assert chain.info.status == "FINISHED" and chain.info.end_time
     assert lineage.chain_status("demo", cell.cell_id)[1].value == 71.25
+
+
+def test_the_chain_that_ends_last_closes_its_sweep_run(root):
+    # what a SLURM sweep relies on: nobody watches it, each chain's last stage job calls end_chain
+    from jobs.matrix import load_sweep
+
+    from . import FIXTURES
+    for path in (FIXTURES / "sweeps").glob("*.yaml"):
+        shutil.copy(path, root / "configs" / "experiments")
+    sweep = load_sweep("sweep", root=root)
+    ref = lineage.SweepRef(sweep.sweep_id, lineage.ensure_sweep_run(sweep, "slurm"))
+    chains = [lineage.ensure_chain(cell, "slurm", sweep=ref) for cell in sweep.cells]
+    outcomes = ["FINISHED"] * (len(chains) - 1) + ["FAILED"]
+    for i, (cell, runs, last) in enumerate(zip(sweep.cells, chains, outcomes)):
+        assert lineage.run_status(ref.run_id) == "RUNNING"  # chains still open: the sweep is not over
+        lineage.set_run_status(runs["pretrain"].run_id, "FINISHED")
+        lineage.set_run_status(runs["knn"].run_id, last)
+        assert lineage.end_chain("sweep", cell.cell_id) == last
+    assert lineage.run_status(ref.run_id) == "FAILED"  # every chain ended, one failed

@@ -140,7 +140,8 @@ def test_render_is_a_byte_stable_dry_run(root):
 
 # Runs a submit in its own process so the test can Ctrl-C it like a user would.
 DRIVER = """\
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when the tests run under nohup/&
 from jobs import lineage
 from jobs.backends import Plan
 from jobs.backends.local import LocalBackend

@@ -243,6 +243,7 @@ def test_cancel_a_scheduled_stage_and_a_cell(root, monkeypatch, capsys):
     assert cli.main(["cancel", "sweep", "--cell", "method=row_b"]) == 0
     states = [[r.status for r in st.rows] for st in lineage.sweep_status("sweep", sweep.cells)]
     assert states[2:] == [["KILLED", "KILLED"]] * 2
+    assert lineage.find_sweep_run("sweep", sweep.sweep_id).info.status == "KILLED"  # cancel settles the sweep
     assert cli.main(["cancel", "sweep", "--stage", "knnn"]) == 2
 
 
