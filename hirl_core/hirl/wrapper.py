@@ -11,6 +11,7 @@ checkpoint layout, which the seed's loaders and ours (prefix detection) both rea
       activation: relu
       cluster_warmup_epoch: 20
       iter_wise_assignment: false         # SwAV: re-assign the batch's leaves every iteration
+      reassign_separate_forward: false    # true: the seed's extra no-grad forward of crop 2 for it
       T: 0.2                              # unused: fed only the seed's unused density; kept for config parity
       kmeans: {niter: 20, nredo: 5, max_points_per_centroid: 1000, min_points_per_centroid: 10}
       feature_batch_size: 256
@@ -40,6 +41,7 @@ class HIRL(SSLMethod):
             raise ConfigError(f"hirl.num_cluster {self.num_cluster} must be listed fine → coarse (non-increasing)")
         self.num_neg_path = int(cfg.num_neg_path)
         self.iter_wise_assignment = bool(cfg.get("iter_wise_assignment", False))
+        self.reassign_separate_forward = bool(cfg.get("reassign_separate_forward", False))
         self.heads = LevelHeads(model.inst_dim, len(self.num_cluster), int(cfg.get("num_mlp_layer", 2)))
         self.tree: PrototypeTree | None = None
         self._protos: list[torch.Tensor] = []
@@ -70,6 +72,17 @@ class HIRL(SSLMethod):
         self._labels[index] = lift(leaves, self._parents)
         return same
 
+    def _second_crop_features(self, views: list[torch.Tensor], out: MethodOutput) -> torch.Tensor:
+        """forward_feature of the second global crop. The seed runs a separate no-grad forward for it
+        (~1/6 of a two-crop SwAV step); a method that returns `global_features` gives the same features
+        from its training forward. Deviation: BatchNorm then normalises that crop together with the first
+        (one backbone pass per resolution) rather than alone, and no extra pass moves its running stats;
+        `reassign_separate_forward: true` restores the seed's pass."""
+        if out.global_features is not None and not self.reassign_separate_forward:
+            b = len(views[0])
+            return out.global_features[b:2 * b]
+        return self.model.forward_feature(views[1])
+
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> MethodOutput:
         out = self.model(views)
         if self.tree is None or index is None:
@@ -77,7 +90,7 @@ class HIRL(SSLMethod):
         index = index.to(self._labels.device)
         logs = dict(out.logs)
         if self.iter_wise_assignment:
-            logs["assignment_same_ratio"] = self._reassign(self.model.forward_feature(views[1]), index)
+            logs["assignment_same_ratio"] = self._reassign(self._second_crop_features(views, out), index)
         z = self.heads(out.embedding)
         neg = sample_negative_paths(len(z), self.num_neg_path, self.num_cluster[0], self._parents, device=z.device)
         l_spd, path_logs = path_loss(z.float(), self._protos, self._labels[index], neg)

@@ -19,6 +19,7 @@ that must be dropped (DINO's frozen last layer, SwAV's frozen prototypes). Views
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,9 @@ class MethodOutput:
     loss: torch.Tensor
     embedding: torch.Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)
+    # forward_feature's output for the global crops, taken from this training forward (detached, view by
+    # view: rows [i*b, (i+1)*b) are view i); lets HIRL's per-iteration re-assignment skip a second forward
+    global_features: torch.Tensor | None = None
 
 
 class SSLMethod(nn.Module):
@@ -85,17 +89,36 @@ def split_views(views: list[torch.Tensor], n_global: int) -> tuple[list[torch.Te
     return list(views[:n_global]), list(views[n_global:])
 
 
-def forward_by_resolution(net, views: list[torch.Tensor]) -> torch.Tensor:
+def forward_by_resolution(net, views: list[torch.Tensor], bn_stats_from_first: bool = False) -> torch.Tensor:
     """`net` on all views, one call per run of equal-sized consecutive views (global crops together,
-    local crops together, as the seed's multi-crop wrapper does); outputs concatenated in view order."""
+    local crops together, as the seed's multi-crop wrapper does); outputs concatenated in view order.
+    `bn_stats_from_first`: only the first run (the global crops) moves BatchNorm running statistics;
+    the others still normalise with their own batch statistics in training."""
     outs, start = [], 0
     while start < len(views):
         end = start + 1
         while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
             end += 1
-        outs.append(net(torch.cat(views[start:end])))
+        with frozen_bn_stats(net) if bn_stats_from_first and start > 0 else nullcontext():
+            outs.append(net(torch.cat(views[start:end])))
         start = end
     return torch.cat(outs)
+
+
+@contextmanager
+def frozen_bn_stats(net: nn.Module):
+    """BatchNorm layers of `net` keep their running statistics unchanged (momentum 0: the update
+    r = (1 - m) r + m batch_stat leaves r bit-exact) while this block runs."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def cancel_grads(module: nn.Module) -> None:

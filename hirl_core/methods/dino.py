@@ -71,14 +71,32 @@ class DINOHead(nn.Module):
         return self.project(self.mlp(x))
 
 
-def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float, teacher_temp: float) -> torch.Tensor:
-    """Mean over pairs (teacher crop t, student crop s ≠ t) of the batch-mean CE between
-    softmax((teacher_t − center)/τ_t) and log_softmax(student_s/τ_s). Teacher crop i is student crop i."""
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1).detach() for t in teacher_out]
+def teacher_targets(teacher_out: list[torch.Tensor], center: torch.Tensor, teacher_temp: float) -> list[torch.Tensor]:
+    """softmax((teacher_t − center)/τ_t) for each teacher crop, without gradient."""
+    return [F.softmax((t.float() - center) / teacher_temp, dim=-1).detach() for t in teacher_out]
+
+
+def distillation_loss(student_out: list[torch.Tensor], targets: list[torch.Tensor],
+                      student_temp: float) -> torch.Tensor:
+    """Mean over pairs (teacher crop t, student crop s ≠ t) of the batch-mean CE between targets[t] and
+    log_softmax(student_s/τ_s). Teacher crop i is student crop i."""
     logp = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_out]
     terms = [-(q * lp).sum(dim=-1).mean() for iq, q in enumerate(targets) for v, lp in enumerate(logp) if v != iq]
     return sum(terms) / len(terms)
+
+
+def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """DINO's cross-entropy: `distillation_loss` against the centred, sharpened teacher outputs."""
+    return distillation_loss(student_out, teacher_targets(teacher_out, center, teacher_temp), student_temp)
+
+
+@torch.no_grad()
+def target_entropy(targets: list[torch.Tensor]) -> float:
+    """Mean entropy of the teacher's targets. Each CE term of the loss is H(teacher) + KL(teacher ||
+    student), so the loss minus this is the mean KL: what the student still has to learn. Logged because
+    the CE alone can rise while the teacher's targets spread out (centering) even as the KL falls."""
+    return float(torch.stack([-(q * q.clamp_min(1e-30).log()).sum(dim=-1).mean() for q in targets]).mean())
 
 
 @torch.no_grad()
@@ -142,9 +160,12 @@ class DINO(SSLMethod):
         bottleneck = self.student_head.mlp(forward_by_resolution(self.student, views))
         student_out = self.student_head.project(bottleneck)
         temp = self.teacher_temp()
-        loss = dino_loss(student_out.split(b), teacher_out.split(b), self.center, self.student_temp, temp)
+        targets = teacher_targets(teacher_out.split(b), self.center, temp)
+        loss = distillation_loss(student_out.split(b), targets, self.student_temp)
+        entropy = target_entropy(targets)
         self.center.copy_(updated_center(self.center, teacher_out, self.center_momentum))
-        return MethodOutput(loss=loss, embedding=bottleneck[:b], logs={"teacher_temp": temp})
+        return MethodOutput(loss=loss, embedding=bottleneck[:b],
+                            logs={"teacher_temp": temp, "teacher_entropy": entropy, "kl": loss.item() - entropy})
 
     @torch.no_grad()
     def forward_feature(self, images: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ from torch import nn
 
 from ..engine.distributed import all_reduce_sum, world_size
 from .base import MethodOutput, cancel_grads, ema_update, forward_by_resolution
-from .dino import DINO, DINOHead, dino_loss, updated_center, warmup_temperature
+from .dino import (DINO, DINOHead, distillation_loss, target_entropy, teacher_targets, updated_center,
+                   warmup_temperature)
 from .masking import batch_block_masks
 
 
@@ -115,14 +116,16 @@ class IBOT(DINO):
         if len(views) > n_global:
             s_cls.append(self.student_head(forward_by_resolution(self.student, views[n_global:])))
         temp, patch_temp = self.teacher_temp(), warmup_temperature(self._epoch, *self.patch_temps)
-        loss_cls = dino_loss(torch.cat(s_cls).split(b), t_cls.split(b), self.center, self.student_temp, temp)
+        targets = teacher_targets(t_cls.split(b), self.center, temp)
+        loss_cls = distillation_loss(torch.cat(s_cls).split(b), targets, self.student_temp)
         loss_patch = masked_patch_loss(s_patch.split(b), t_patch.split(b), mask.split(b), self.center2,
                                        self.student_temp, patch_temp)
         loss = self.lambda1 * loss_cls + self.lambda2 * loss_patch
+        entropy = target_entropy(targets)  # the CLS loss's floor (see dino.target_entropy)
         self.center.copy_(updated_center(self.center, t_cls, self.center_momentum))
         self.center2.copy_(updated_patch_center(self.center2, t_patch, self.center_momentum2))
         logs = {"loss_cls": loss_cls.item(), "loss_patch": loss_patch.item(), "mask_ratio": float(mask.float().mean()),
-                "teacher_temp": temp}
+                "teacher_temp": temp, "teacher_entropy": entropy, "kl_cls": loss_cls.item() - entropy}
         return MethodOutput(loss=loss, embedding=bottleneck[:b], logs=logs)
 
     def before_optimizer_step(self) -> None:

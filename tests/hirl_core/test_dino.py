@@ -3,7 +3,7 @@ weight-normed last layer, frozen last layer, teacher EMA."""
 import numpy as np
 import torch
 
-from hirl_core.methods.dino import dino_loss, updated_center, warmup_temperature
+from hirl_core.methods.dino import dino_loss, target_entropy, teacher_targets, updated_center, warmup_temperature
 
 from ._tiny import loss_drops_after_one_step, tiny_method, tiny_views
 
@@ -37,6 +37,23 @@ def test_loss_matches_independent_formula_and_skips_same_view_pairs():
                            for _ in [0])
     expected += -(_np_softmax((teacher[1] - center) / tt) * np.log(_np_softmax(teacher[0] / st))).sum(1).mean()
     assert abs(same.item() - expected / pairs) < 1e-5
+
+
+def test_loss_splits_into_teacher_entropy_plus_a_non_negative_kl():
+    rng = np.random.default_rng(1)
+    teacher = [rng.normal(size=(6, 7)) for _ in range(2)]
+    center, tt = rng.normal(size=(1, 7)) * 0.1, 0.07
+    q = [_np_softmax((t - center) / tt) for t in teacher]
+    want = np.mean([-(qi * np.log(qi)).sum(1).mean() for qi in q])
+    got = target_entropy(teacher_targets([torch.tensor(t) for t in teacher], torch.tensor(center), tt))
+    assert abs(got - want) < 1e-6
+    student = [torch.tensor(rng.normal(size=(6, 7))) for _ in range(4)]
+    loss = dino_loss(student, [torch.tensor(t) for t in teacher], torch.tensor(center), 0.1, tt).item()
+    assert loss - got > 0.01  # a random student: KL > 0
+    same = [torch.tensor(teacher[0])] * 2  # both teacher crops equal, every student crop predicts them exactly
+    student = [torch.tensor((teacher[0] - center) * 0.1 / tt)] * 4
+    loss = dino_loss(student, same, torch.tensor(center), 0.1, tt).item()
+    assert abs(loss - target_entropy(teacher_targets(same, torch.tensor(center), tt))) < 1e-5  # KL 0
 
 
 def test_center_is_an_ema_of_the_teacher_batch_mean():

@@ -126,3 +126,32 @@ def test_gradients_reach_heads_and_backbone_never_prototypes(tree):
     assert all(torch.equal(a, b.detach()) for a, b in zip(protos_before, model._protos))
     state = model.state_dict()
     assert any(k.startswith("model.backbone.") for k in state)
+
+
+@pytest.mark.parametrize("separate,passes_expected", [(False, 2), (True, 3)])
+def test_swav_iter_wise_assignment_relabels_the_batch_from_the_second_crop(separate, passes_expected):
+    from ._tiny import tiny_method, tiny_views
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 8)).astype(np.float32)  # tiny SwAV's embedding is 8-d
+    small = hierarchical_kmeans(x, [12, 6, 3], niter=5, nredo=1, use_gpu=False)
+    model = HIRL(tiny_method("swav"), Config({"num_cluster": [12, 6, 3], "num_neg_path": 5,
+                                              "iter_wise_assignment": True,
+                                              "reassign_separate_forward": separate}))
+    model.set_tree(small, torch.device("cpu"))
+    model.eval()  # BN from running stats: the training forward's crop-2 features equal forward_feature's
+    views, index = tiny_views("swav", 6), torch.tensor([3, 10, 50, 51, 200, 299])
+    before = model._labels.clone()
+    passes = []
+    hook = model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    out = model(views, index=index)
+    hook.remove()
+    # one backbone pass per resolution (global, local); the seed's way adds a pass for crop 2
+    assert len(passes) == passes_expected
+    feats = torch.nn.functional.normalize(model.forward_feature(views[1]), dim=1)
+    leaves = (feats @ model._protos[0].T).argmax(1)
+    assert torch.equal(model._labels[index, 0], leaves)
+    assert torch.equal(model._labels[index], lift(leaves, model._parents))  # upper levels via the parents
+    rest = torch.ones(len(before), dtype=torch.bool)
+    rest[index] = False
+    assert torch.equal(model._labels[rest], before[rest])  # only the batch's rows change
+    assert out.logs["assignment_same_ratio"] == pytest.approx((leaves == before[index, 0]).float().mean().item())

@@ -81,3 +81,23 @@ def test_queue_fills_then_joins_the_sinkhorn_batch():
 def test_one_step_lowers_the_loss():
     before, after = loss_drops_after_one_step("swav")
     assert after < before
+
+
+def _bn_stats(net):
+    return [t.clone() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for t in (m.running_mean, m.running_var)]
+
+
+def test_only_global_crops_move_the_backbone_bn_statistics():
+    views = tiny_views("swav", 6)
+    assert views[-1].shape[-1] < views[0].shape[-1]  # the tiny recipe has smaller local crops
+    model = tiny_method("swav")
+    reference = tiny_method("swav")  # same seed, same initial weights
+    model(views)
+    with torch.no_grad():
+        reference.backbone(torch.cat(views[:2]))  # the global crops alone, in training mode
+    for got, want in zip(_bn_stats(model.backbone), _bn_stats(reference.backbone)):
+        assert torch.equal(got, want)
+    seed_like = tiny_method("swav", bn_stats_from_global_crops=False)
+    seed_like(views)  # the seed's behaviour: local crops move them too
+    assert not all(torch.equal(a, b) for a, b in zip(_bn_stats(seed_like.backbone), _bn_stats(reference.backbone)))
