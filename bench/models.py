@@ -34,7 +34,8 @@ def _random_tree(num_cluster, dim, n_images):
     return PrototypeTree(cents, labels, parents)
 
 
-def measure(config: str, overrides, use_hirl: bool, batch: int, steps: int, warm: int) -> dict:
+def _build(config: str, overrides, use_hirl: bool, batch: int, dev):
+    """(model, optimiser, views, index) for one training step of ``config`` on synthetic views."""
     import torch
 
     from hirl_core.config import load_config
@@ -43,12 +44,10 @@ def measure(config: str, overrides, use_hirl: bool, batch: int, steps: int, warm
     from hirl_core.methods import build_method
 
     cfg = load_config(ROOT / config, overrides)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    method = build_method(cfg).to(dev)
-    model = method
+    model = build_method(cfg).to(dev)
     if use_hirl:
-        model = HIRL(method, cfg.hirl).to(dev)
+        model = HIRL(model, cfg.hirl).to(dev)
         model.set_tree(_random_tree(model.num_cluster, model.inst_dim, 4096), dev)
     opt = build_optimizer(cfg.optimizer, model, batch)
     size, chans = cfg.data.image_size, cfg.backbone.get("in_chans", 3)
@@ -56,38 +55,86 @@ def measure(config: str, overrides, use_hirl: bool, batch: int, steps: int, warm
     size = aug.get("crop_size") or size
     shapes = [size] * model.n_views + [aug.get("local_size") or size] * int(aug.get("local_crops", 0) or 0)
     views = [torch.randn(batch, chans, s, s, device=dev) for s in shapes]
-    index = torch.arange(batch, device=dev)
-    step = 0
-    for i in range(warm + steps):
-        if i == warm:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-        model.on_step_start(step, 1000, 100)
-        out = model(views, index) if use_hirl else model(views)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        model.before_optimizer_step()
-        opt.step()
-        model.after_step(0.01)
-        step += 1
+    return model, opt, views, torch.arange(batch, device=dev)
+
+
+def _step(model, opt, views, index, step: int) -> None:
+    model.on_step_start(step, 1000, 100)
+    out = model(views, index) if getattr(model, "uses_index", False) else model(views)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    model.before_optimizer_step()
+    opt.step()
+    model.after_step(0.01)
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(dev) -> None:
+    import torch
+
     if dev.type == "cuda":
         torch.cuda.synchronize()
+
+
+def measure(config: str, overrides, use_hirl: bool, batch: int, steps: int, warm: int) -> dict:
+    import torch
+
+    dev = _device()
+    model, opt, views, index = _build(config, overrides, use_hirl, batch, dev)
+    for i in range(warm + steps):
+        if i == warm:
+            _sync(dev)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+        _step(model, opt, views, index, i)
+    _sync(dev)
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"config": config, "hirl": use_hirl, "batch": batch, "views": shapes, "steps": steps,
+    return {"config": config, "hirl": use_hirl, "batch": batch, "views": views_shapes(views), "steps": steps,
             "step_time_s": elapsed / steps, "images_per_s": batch * steps / elapsed, "peak_memory_bytes": peak,
             "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
 
 
-def run_isolated(config: str, overrides=(), use_hirl=False, batch=64, steps=5, warm=2) -> dict:
-    """`measure` in a fresh process (its own peak memory)."""
+def views_shapes(views) -> list[int]:
+    return [int(v.shape[-1]) for v in views]
+
+
+def measure_pair(base_config: str, hirl_config: str, batch: int, steps: int, warm: int) -> dict:
+    """Step time of the baseline and of HIRL over it, timed step by step in alternation in one process:
+    both sides see the same moments of a shared machine, so the ratio of their median steps is stable
+    where separate runs (each side at a different moment) varied by ±15 %."""
+    import statistics
+
+    dev = _device()
+    sides = {"baseline": _build(base_config, (), False, batch, dev), "hirl": _build(hirl_config, (), True, batch, dev)}
+    times = {name: [] for name in sides}
+    _sync(dev)  # from here on every step ends synchronised
+    for i in range(warm + steps):
+        for name, (model, opt, views, index) in sides.items():
+            t0 = time.perf_counter()
+            _step(model, opt, views, index, i)
+            _sync(dev)
+            if i >= warm:
+                times[name].append(time.perf_counter() - t0)
+    base, hirl = statistics.median(times["baseline"]), statistics.median(times["hirl"])
+    return {"baseline_step_s": base, "hirl_step_s": hirl, "ratio": round(hirl / base, 3),
+            "within_1.10x": hirl <= 1.10 * base, "steps": steps, "batch": batch,
+            "views": views_shapes(sides["hirl"][2])}
+
+
+def run_isolated(config: str, overrides=(), use_hirl=False, batch=64, steps=5, warm=2, pair=None) -> dict:
+    """`measure` (or `measure_pair` against the HIRL config ``pair``) in a fresh process (its own peak memory)."""
     import subprocess
 
     argv = [sys.executable, str(Path(__file__)), config, "--batch", str(batch), "--steps", str(steps),
-            "--warm", str(warm), *(["--hirl"] if use_hirl else []), *overrides]
+            "--warm", str(warm), *(["--hirl"] if use_hirl else []), *(["--pair", pair] if pair else []), *overrides]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     if res.returncode != 0:
@@ -103,8 +150,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warm", type=int, default=2)
+    p.add_argument("--pair", metavar="HIRL_CONFIG", help="time CONFIG against this HIRL config, step by step")
     a = p.parse_intermixed_args()
-    print(json.dumps(measure(a.config, a.overrides, a.hirl, a.batch, a.steps, a.warm)))
+    if a.pair:
+        print(json.dumps(measure_pair(a.config, a.pair, a.batch, a.steps, a.warm)))
+    else:
+        print(json.dumps(measure(a.config, a.overrides, a.hirl, a.batch, a.steps, a.warm)))
     return 0
 
 

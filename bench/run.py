@@ -1,7 +1,7 @@
 """Benchmarks → bench/results/*.json. Ratios measured in one run are what to compare; absolute times on
 a shared 2-core machine are noise.
 
-    python bench/run.py [--only foundation]
+    python bench/run.py [--only foundation] [--only hierarchical_kmeans] ...
 """
 from __future__ import annotations
 
@@ -192,13 +192,13 @@ def _slurm_submit_100(tmp: Path) -> dict:
 
 
 sys.path.insert(0, str(ROOT / "bench"))
-from science import bench_baselines, bench_hirl  # noqa: E402  (torch is imported inside the benches)
+from science import bench_baselines, bench_hierarchical_kmeans, bench_hirl  # noqa: E402  (torch inside)
 
 BENCHES = {"foundation": bench_foundation, "orchestrator": bench_orchestrator, "slurm_submit": bench_slurm_submit,
-           "baselines": bench_baselines, "hirl": bench_hirl}
+           "baselines": bench_baselines, "hirl": bench_hirl, "hierarchical_kmeans": bench_hierarchical_kmeans}
 TORCH_FREE = {"orchestrator", "slurm_submit"}
 # Benches whose results are keys in another bench's file (merged into it, never overwriting it).
-MERGE_INTO = {"slurm_submit": "orchestrator"}
+MERGE_INTO = {"slurm_submit": "orchestrator", "hierarchical_kmeans": "hirl"}
 
 
 def main() -> int:
