@@ -20,6 +20,8 @@ from jobs.lineage import StageRun
 from jobs.matrix import load_sweep
 from jobs.spec import SpecError
 
+from ..jobs.goldens import check_golden
+
 HERE = Path(__file__).resolve().parent
 FIX = HERE / "fixtures"
 GOLDEN = HERE / "golden"
@@ -37,22 +39,13 @@ def _render(site, cell=None):
     return SlurmBackend(site=str(FIX / "slurm" / f"{site}.yaml")).render(Plan(cell or _cell(), None))
 
 
-def _check_golden(name, text):
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no golden file {path}; create it with UPDATE_GOLDEN=1"
-    assert text == path.read_text(encoding="utf-8"), f"output differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
-
-
 @pytest.mark.parametrize("site", ["pyxis_site", "apptainer_site"])
 def test_golden_sbatch_scripts(site):
     files = _render(site)
     assert _render(site) == files  # pure: the same plan renders the same bytes
     for stage in ("pretrain", "knn"):
-        _check_golden(f"{site}/{stage}.sbatch", files[f"slurm/{stage}.sbatch"])
-        _check_golden(f"{site}/{stage}.job.txt", files[f"slurm/{stage}.job.txt"])
+        check_golden(f"{site}/{stage}.sbatch", files[f"slurm/{stage}.sbatch"], GOLDEN)
+        check_golden(f"{site}/{stage}.job.txt", files[f"slurm/{stage}.job.txt"], GOLDEN)
     pre, knn = files["slurm/pretrain.sbatch"], files["slurm/knn.sbatch"]
     for flag in ("--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=10", "--mem=491520M",
                  "--time=4320", "--partition=gpu", "--account=vision-lab", "--qos=high", "--exclusive",
