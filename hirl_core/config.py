@@ -34,11 +34,12 @@ def _wrap(value):
     return value
 
 
-def _plain(value):
+def plain_tree(value):
+    """Dicts and lists rebuilt all the way down (tuples become lists): a deep copy made of builtins."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_tree(v) for v in value]
     return value
 
 
@@ -71,7 +72,7 @@ class Config(dict):
         return Config(self)
 
     def to_dict(self):
-        return _plain(self)
+        return plain_tree(self)
 
 
 def _merge(base, child):
@@ -218,7 +219,7 @@ def _parent(cfg, key, create):
 
 def apply_overrides(cfg, overrides):
     """Return a new Config with ``overrides`` applied; ``cfg`` is left untouched."""
-    out = Config(copy.deepcopy(_plain(cfg)))
+    out = Config(copy.deepcopy(plain_tree(cfg)))
     for text in [overrides] if isinstance(overrides, str) else overrides:
         key, value, is_add = parse_override(text)
         node, last = _parent(out, key, create=is_add)
@@ -263,7 +264,7 @@ def set_dotted(cfg, key, value):
 
 def config_hash(cfg, exclude=()):
     """First 12 hex chars of sha256 over canonical JSON; ``exclude`` drops dotted keys."""
-    data = _plain(cfg)
+    data = plain_tree(cfg)
     for key in exclude:
         parent, _, last = key.rpartition(".")
         node = get_dotted(data, parent, None) if parent else data
@@ -276,7 +277,7 @@ def config_hash(cfg, exclude=()):
 
 def dumps_config(cfg):
     """The config as YAML text, keys in their natural order."""
-    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.safe_dump(plain_tree(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def dump_config(cfg, path):

@@ -14,7 +14,7 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-from hirl_core.config import Config, get_dotted, set_dotted
+from hirl_core.config import Config, get_dotted, plain_tree, set_dotted
 
 from .spec import EVAL_TYPES, Experiment, SpecError
 
@@ -101,15 +101,6 @@ def _require(cfg, key, stage_name, why):
     value = get_dotted(cfg, key, _MISSING)
     if value is _MISSING:
         raise SpecError(f"stage {stage_name!r}: its config has no key {key!r}, needed {why}")
-    return value
-
-
-def plain_tree(value):
-    """Dicts and lists rebuilt all the way down (tuples become lists): what ``Config.to_dict`` gives."""
-    if isinstance(value, dict):
-        return {k: plain_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_tree(v) for v in value]
     return value
 
 

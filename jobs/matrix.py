@@ -32,7 +32,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from hirl_core.config import ConfigError, get_dotted, parse_override
+from hirl_core.config import ConfigError, get_dotted, parse_override, plain_tree
 
 from . import resources as res
 from .dag import compile_cell, digest, format_value, wiring_lines
@@ -106,14 +106,6 @@ def _check_axis_key(key, where):
         raise SpecError(f"{where}: bad axis key {key!r}: expected a dotted config key like optimizer.lr") from None
 
 
-def _plain_copy(value):
-    if isinstance(value, dict):
-        return {k: _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_copy(v) for v in value]
-    return value
-
-
 class _Row:
     """One experiment a cell can start from, with its axis targets resolved once."""
 
@@ -149,7 +141,7 @@ class _Row:
             if key == METHOD_AXIS:
                 continue
             for sname, dotted in self.targets(key):
-                _set_copied(configs[sname], dotted, _plain_copy(value))
+                _set_copied(configs[sname], dotted, plain_tree(value))
         stages = {sname: dataclasses.replace(spec, config=configs[sname]) for sname, spec in exp.stages.items()}
         if overrides:
             apply_user_overrides(stages, overrides)
