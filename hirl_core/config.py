@@ -26,6 +26,12 @@ class ConfigError(ValueError):
     """A user mistake in a config file or an override; the message is one line."""
 
 
+def closest(word, choices):
+    """`` (did you mean 'x'?)`` for the choice nearest to a mistyped ``word``, else ``""``."""
+    near = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
 def _wrap(value):
     if isinstance(value, dict) and not isinstance(value, Config):
         return Config(value)

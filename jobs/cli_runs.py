@@ -7,11 +7,13 @@ import os
 import sys
 import time
 
+from hirl_core.config import closest
+
 from . import names
 from .backends import Handle, Plan, get_backend
 from .cli_common import DONE, INTERRUPTED_RC, check_cells_data, counts, load, print_rows, print_sweep
 from .dag import OUTPUT_ROOT
-from .spec import SpecError, _closest
+from .spec import SpecError
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def _stage_names(cells):
 def _check_stage(name, cells):
     known = _stage_names(cells)
     if name and name not in known:
-        raise SpecError(f"unknown stage {name!r}{_closest(name, known)}; stages: {', '.join(known)}")
+        raise SpecError(f"unknown stage {name!r}{closest(name, known)}; stages: {', '.join(known)}")
 
 
 def _downstream(cell, roots):

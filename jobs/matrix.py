@@ -32,12 +32,12 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from hirl_core.config import ConfigError, get_dotted, parse_override, plain_tree
+from hirl_core.config import ConfigError, closest, get_dotted, parse_override, plain_tree
 
 from . import resources as res
 from .dag import compile_cell, digest, format_value, wiring_lines
 from .errors import SpecError
-from .spec import (_MISSING, _check_name, _closest, _targets, apply_user_overrides, available_experiments,
+from .spec import (_MISSING, _check_name, _targets, apply_user_overrides, available_experiments,
                    check_image, experiment_from_data, find_spec, is_sweep, read_spec, spec_name)
 
 METHOD_AXIS = "method"
@@ -179,7 +179,7 @@ def _expand(axes, excludes, includes, rel):
     for i, entry in enumerate(excludes, 1):
         for key in entry:
             if key not in axes:
-                raise SpecError(f"{rel}: exclude #{i}: unknown matrix axis {key!r}{_closest(str(key), axes)}; "
+                raise SpecError(f"{rel}: exclude #{i}: unknown matrix axis {key!r}{closest(str(key), axes)}; "
                                 f"axes: {', '.join(map(str, axes)) or '(none)'}")
         values = {k: _normalize(v, f"{rel}: exclude #{i}") for k, v in entry.items()}
         kept = [p for p in points if not all(_same(p[k], v) for k, v in values.items())]
@@ -232,7 +232,7 @@ def _load_row(method, root, sweep_data, sweep_rel, name, cache, configs):
         find_spec(method, root)
     except SpecError:
         known = available_experiments(root)
-        raise SpecError(f"{where}: unknown experiment row {method!r}{_closest(method, known)}; "
+        raise SpecError(f"{where}: unknown experiment row {method!r}{closest(method, known)}; "
                         f"available: {', '.join(known)}") from None
     try:
         path, rel, data = read_spec(method, root)

@@ -21,8 +21,9 @@ one line when the spec loads, long before a scheduler would complain.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
+
+from hirl_core.config import closest
 
 from . import names
 from .errors import SpecError
@@ -32,11 +33,6 @@ _MEM = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?B?)?", re.IGNORECASE)
 _MEM_FACTOR_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 # SLURM --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
-
-
-def _closest(word, choices):
-    near = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def _is_int(v):
@@ -133,7 +129,7 @@ def _tolerations(v, where):
             raise SpecError(f"{at} must be a mapping with key/operator/value/effect")
         for k in tol:
             if k not in _TOLERATION_KEYS:
-                raise SpecError(f"{at}: unknown key {k!r}{_closest(k, _TOLERATION_KEYS)}; "
+                raise SpecError(f"{at}: unknown key {k!r}{closest(k, _TOLERATION_KEYS)}; "
                                 f"allowed: {', '.join(_TOLERATION_KEYS)}")
         if "key" in tol and not (isinstance(tol["key"], str) and names.QUALIFIED_NAME.fullmatch(tol["key"])):
             raise SpecError(f"{at}.key: unsafe toleration key {tol['key']!r}")
@@ -185,12 +181,12 @@ def validate(raw, where):
                 raise SpecError(f"{at} must be a mapping of {key} settings")
             for sub, subvalue in value.items():
                 if sub not in SCHEMA[key]:
-                    raise SpecError(f"unknown key {sub!r} in {at}{_closest(sub, SCHEMA[key])}; "
+                    raise SpecError(f"unknown key {sub!r} in {at}{closest(sub, SCHEMA[key])}; "
                                     f"allowed: {', '.join(SCHEMA[key])}")
                 if subvalue is not None:
                     SCHEMA[key][sub](subvalue, f"{at}.{sub}")
         else:
-            raise SpecError(f"unknown key {key!r} in {where}{_closest(key, allowed)}; allowed: {', '.join(allowed)}")
+            raise SpecError(f"unknown key {key!r} in {where}{closest(key, allowed)}; allowed: {', '.join(allowed)}")
     return copy.deepcopy(raw)
 
 

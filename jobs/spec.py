@@ -14,14 +14,14 @@ by itself the day hirl_core gains that stage type; nothing here changes.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field
 
 import yaml
 
-from hirl_core.config import Config, ConfigError, apply_overrides, get_dotted, load_config, parse_override
+from hirl_core.config import (Config, ConfigError, apply_overrides, closest, get_dotted, load_config,
+                              parse_override)
 
 from . import names, resources as res
 from .errors import SpecError
@@ -74,11 +74,6 @@ class Experiment:
     baseline: str = ""          # the experiment this one improves on (report deltas)
 
 
-def _closest(word, choices):
-    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
 def available_experiments(root="."):
     folder = os.path.join(root, EXPERIMENTS_DIR)
     if not os.path.isdir(folder):
@@ -122,7 +117,7 @@ def _read_yaml(path):
 def _check_keys(mapping, allowed, where):
     for key in mapping:
         if key not in allowed:
-            raise SpecError(f"unknown key {key!r} in {where}{_closest(str(key), allowed)}; "
+            raise SpecError(f"unknown key {key!r} in {where}{closest(str(key), allowed)}; "
                             f"allowed: {', '.join(allowed)}")
 
 
@@ -140,7 +135,7 @@ def _parse_stage(name, raw, spec_path, root, runnable):
     _check_keys(raw, _STAGE_KEYS, where)
     stype = raw.get("type", name)
     if stype not in STAGE_TYPES:
-        raise SpecError(f"{where}: unknown type {stype!r}{_closest(str(stype), STAGE_TYPES)}; "
+        raise SpecError(f"{where}: unknown type {stype!r}{closest(str(stype), STAGE_TYPES)}; "
                         f"allowed: {', '.join(STAGE_TYPES)}")
     planned = stype not in runnable
     path = raw.get("config")
@@ -165,7 +160,7 @@ def _check_graph(stages, spec_path):
             continue
         if stage.after not in stages:
             raise SpecError(f"stage {stage.name!r} of {spec_path}: 'after' names no stage: "
-                            f"{stage.after!r}{_closest(stage.after, stages)}; stages: {', '.join(stages)}")
+                            f"{stage.after!r}{closest(stage.after, stages)}; stages: {', '.join(stages)}")
         upstream = stages[stage.after]
         # An eval reads its upstream's backbone.pth, which only a pretrain writes.
         if stage.type in EVAL_TYPES and upstream.type != "pretrain":

@@ -297,3 +297,11 @@ def test_import_does_not_pull_torch():
     code = "import sys, hirl_core.config; assert 'torch' not in sys.modules; assert 'numpy' not in sys.modules"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=env)
+
+
+def test_closest_suggests_the_nearest_choice_or_nothing():
+    from hirl_core.config import closest
+
+    assert closest("pretrian", ["pretrain", "knn"]) == " (did you mean 'pretrain'?)"
+    assert closest(3, ["3a", "x"]) == " (did you mean '3a'?)"  # non-text input is compared as text
+    assert closest("zzz", ["pretrain", "knn"]) == ""
