@@ -7,10 +7,10 @@ import json
 
 from hirl_core.config import ConfigError
 
+from .backends.base import INTERRUPTED_RC  # noqa: F401 - the verbs' exit code for Ctrl-C
 from .matrix import load_sweep
 
 USAGE_RC = 2
-INTERRUPTED_RC = 130
 DONE = ("FINISHED", "FAILED", "KILLED")
 
 

@@ -81,10 +81,18 @@ def master_port(job_id, restart_count=0):
     return PORT_BASE + (h + 1009 * int(restart_count)) % PORT_SPAN  # 1009 is coprime to the span
 
 
+def int_or_zero(text):
+    """An integer tag or variable; 0 when it is unset or not a number (a hand-edited tag, say)."""
+    try:
+        return int(str(text or "0").strip())
+    except ValueError:
+        return 0
+
+
 def attempt(environ=None):
     """This start of the stage: starts before this job (a retry) + SLURM requeues of this job + 1."""
     env = os.environ if environ is None else environ
-    return _int(env.get("HIRL_ATTEMPT_BASE")) + _int(env.get("SLURM_RESTART_COUNT")) + 1
+    return int_or_zero(env.get("HIRL_ATTEMPT_BASE")) + int_or_zero(env.get("SLURM_RESTART_COUNT")) + 1
 
 
 def job_id(environ=None):
@@ -100,14 +108,14 @@ def dist_env(environ=None):
     if "SLURM_PROCID" not in env or "SLURM_JOB_ID" not in env:
         return {}
     hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", ""))
-    node = _int(env.get("SLURM_NODEID"))
+    node = int_or_zero(env.get("SLURM_NODEID"))
     world = env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS") or "1"
-    return {"WORLD_SIZE": str(int(world)), "RANK": str(_int(env["SLURM_PROCID"])),
-            "LOCAL_RANK": str(_int(env.get("SLURM_LOCALID"))), "GROUP_RANK": str(node), "NODE_RANK": str(node),
+    return {"WORLD_SIZE": str(int(world)), "RANK": str(int_or_zero(env["SLURM_PROCID"])),
+            "LOCAL_RANK": str(int_or_zero(env.get("SLURM_LOCALID"))), "GROUP_RANK": str(node), "NODE_RANK": str(node),
             "LOCAL_WORLD_SIZE": str(tasks_on_node(env.get("SLURM_TASKS_PER_NODE", ""), node)),
             "MASTER_ADDR": hosts[0] if hosts else "127.0.0.1",
             # SLURM_JOB_ID is unique per array task; the restart count moves the port on requeue
-            "MASTER_PORT": str(master_port(env["SLURM_JOB_ID"], _int(env.get("SLURM_RESTART_COUNT"))))}
+            "MASTER_PORT": str(master_port(env["SLURM_JOB_ID"], int_or_zero(env.get("SLURM_RESTART_COUNT"))))}
 
 
 def k8s_env(environ=None):
@@ -118,8 +126,8 @@ def k8s_env(environ=None):
     env = os.environ if environ is None else environ
     if "JOB_COMPLETION_INDEX" not in env or "HIRL_NNODES" not in env or "RANK" in env:
         return {}
-    node, nnodes = _int(env["JOB_COMPLETION_INDEX"]), max(1, _int(env["HIRL_NNODES"]))
-    nproc = max(1, _int(env.get("HIRL_NPROC_PER_NODE") or "1"))
+    node, nnodes = int_or_zero(env["JOB_COMPLETION_INDEX"]), max(1, int_or_zero(env["HIRL_NNODES"]))
+    nproc = max(1, int_or_zero(env.get("HIRL_NPROC_PER_NODE") or "1"))
     master = env.get("HIRL_MASTER_ADDR") or (
         f"{env['JOBSET_NAME']}-{env.get('REPLICATED_JOB_NAME', 'workers')}-0-0.{env['JOBSET_NAME']}"
         if env.get("JOBSET_NAME") else "127.0.0.1")
@@ -307,13 +315,6 @@ def _wait(proc, timeout):
         proc.wait(timeout=timeout)
     except BaseException:  # noqa: BLE001 - the scheduler kills what is left
         pass
-
-
-def _int(text):
-    try:
-        return int(str(text or "0").strip())
-    except ValueError:
-        return 0
 
 
 def stage_argv(stage_type, config, python=None):

@@ -362,20 +362,23 @@ def ensure_sweep_run(sweep, backend, uri=None):
     return run_id
 
 
+def fold_states(states):
+    """The state of a run made of parts: FINISHED when every part is, KILLED when one is, else FAILED
+    when one is (its dependents stay SCHEDULED, never to run); None while parts are still open."""
+    states = list(states)
+    if states and all(s == "FINISHED" for s in states):
+        return "FINISHED"
+    for final in ("KILLED", "FAILED"):
+        if final in states:
+            return final
+    return None
+
+
 def end_sweep(run_id, cell_statuses, uri=None):
     """FINISHED when every chain is; KILLED/FAILED when one is; else it stays RUNNING."""
-    states = list(cell_statuses)
-    if states and all(s == "FINISHED" for s in states):
-        final = "FINISHED"
-    elif "KILLED" in states:
-        final = "KILLED"
-    elif "FAILED" in states:
-        final = "FAILED"
-    else:
-        set_run_status(run_id, "RUNNING", uri)
-        return "RUNNING"
-    set_run_status(run_id, final, uri)
-    return final
+    final = fold_states(cell_statuses)
+    set_run_status(run_id, final or "RUNNING", uri)
+    return final or "RUNNING"
 
 
 def settle_sweep(sweep, uri=None, statuses=None):
@@ -396,14 +399,8 @@ def end_chain(experiment_name, cell_id, uri=None, close_sweep=True):
     chain = find_chain(experiment_name, cell_id, uri)
     if chain is None:
         return None
-    statuses = [r.status for r in chain_status(experiment_name, cell_id, uri=uri)]
-    if statuses and all(s == "FINISHED" for s in statuses):
-        final = "FINISHED"
-    elif "KILLED" in statuses:
-        final = "KILLED"
-    elif "FAILED" in statuses:  # its dependents stay SCHEDULED, never to run
-        final = "FAILED"
-    else:  # stages still pending or running: the chain is not over
+    final = fold_states(r.status for r in chain_status(experiment_name, cell_id, uri=uri))
+    if final is None:  # stages still pending or running: the chain is not over
         return "RUNNING"
     set_run_status(chain.info.run_id, final, uri)
     if close_sweep:

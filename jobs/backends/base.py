@@ -13,6 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 
+INTERRUPTED_RC = 130  # the shell's code for Ctrl-C: a submission the user stopped
+
+
 class BackendError(ValueError):
     """A user mistake in choosing or configuring a backend; the message is one line."""
 
@@ -79,12 +82,6 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, handles, uri=None) -> list:
         """Stop submitted stages that have not finished; return the handles it stopped or marked."""
-
-    def job_name(self, cell, stage):
-        """A name for the backend's job, safe whatever the user strings (jobs.names)."""
-        from .. import names
-
-        return names.k8s_name("hirl", cell.experiment, cell.method, stage.name, cell.cell_id[:8])
 
 
 # name -> "module:Class"; imported only when asked for.

@@ -26,10 +26,10 @@ from pathlib import Path
 from hirl_core.config import dump_config, dumps_config
 
 from .. import lineage
-from .base import Backend, BackendError, Handle, Submission
+from ..entrypoint import int_or_zero
+from .base import INTERRUPTED_RC, Backend, BackendError, Handle, Submission
 
 PENDING = ("SCHEDULED", "RUNNING")
-INTERRUPTED_RC = 130  # the shell's code for Ctrl-C
 
 
 def _say(message):
@@ -77,7 +77,9 @@ class LocalBackend(Backend):
         lines = [f"# hirl local backend: experiment {plan.cell.experiment}, cell {plan.cell.cell_id}",
                  "# run from the repo root, one stage after another; each also gets MLFLOW_TRACKING_URI", ""]
         if plan.cell.label:
-            lines.insert(1, f"# matrix point: {plan.cell.label}")
+            # escaped: a newline in a matrix value would end the comment and start a shell command
+            label = "".join(c if c.isprintable() else repr(c)[1:-1] for c in plan.cell.label)
+            lines.insert(1, f"# matrix point: {label}")
         for stage in plan.cell.stages:
             files[posixpath.join(stage.output_dir, "config.yaml")] = dumps_config(stage.config)
             run_id = plan.runs[stage.name].run_id if plan.runs else "<run-id>"
@@ -123,7 +125,7 @@ class LocalBackend(Backend):
                     _say(f"hold {stage.name}: not selected; run {run.run_id} stays {status}")
                     handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="not selected")
                     continue
-                attempt = _int(tags.get("hirl.attempt")) + 1
+                attempt = int_or_zero(tags.get("hirl.attempt")) + 1
                 handle, interrupted = self._run_stage(stage, run.run_id, status, plan, nprocs[stage.name],
                                                       log_path, attempt)
                 handles[stage.name] = handle
@@ -278,13 +280,6 @@ class LocalBackend(Backend):
 
 
 PID_FILE = "pid"
-
-
-def _int(text):
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
 
 
 def _write_atomic(path, text):

@@ -29,7 +29,7 @@ from pathlib import Path
 from hirl_core.config import dump_config, dumps_config
 
 from .. import lineage, names
-from ..entrypoint import StageCommand
+from ..entrypoint import StageCommand, int_or_zero
 from . import slurm_render as rnd
 from .base import Backend, BackendError, Handle, Submission
 from .slurm_query import FAILED_STATES, LIVE, query
@@ -176,7 +176,7 @@ class SlurmBackend(Backend):
                 why = f"upstream {stage.upstream} is {up.state}" + (f" ({up.reason})" if up.reason else "")
                 _say(f"hold {stage.name}: {why}; run {run.run_id} stays {status}")
                 return None, Handle(stage.name, run.run_id, status, reason=why)
-        base = _int(tags.get("hirl.attempt"))
+        base = int_or_zero(tags.get("hirl.attempt"))
         return _Item(plan, stage, run.run_id, dependency, base), None
 
     def preflight(self, plans):
@@ -377,13 +377,6 @@ def _strip_credentials(uri):
     if sep and "@" in rest.split("/", 1)[0]:
         return f"{scheme}://{rest.split('@', 1)[1]}"
     return uri
-
-
-def _int(text):
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
 
 
 def _require_pinned(unpinned):

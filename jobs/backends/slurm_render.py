@@ -27,13 +27,12 @@ import yaml
 
 from .. import names, resources as res
 from ..errors import ImageError
-from ..image import pinned_reference
+from ..image import DIGEST_REF, pinned_reference
 from .base import BackendError
 
 RUNTIMES = ("none", "pyxis", "apptainer")
 PROFILE_KEYS = ("description", "runtime", "python", "image", "mounts", "partition", "account", "qos",
                 "constraint", "time", "signal_delay_s", "max_timeout_requeues", "array_parallelism")
-DIGEST = re.compile(r"@sha256:[a-f0-9]{64}$")
 IMAGE_PLACEHOLDER = "hirl-image-not-built@sha256:" + "0" * 64  # render only; submit refuses it
 SUBMISSION_PLACEHOLDER = "<submission>"   # the fresh per-submission folder name
 DEFAULT_SITE = "none"
@@ -109,7 +108,7 @@ def image_for(cell, options, profile):
     scheme, _, ref = image.rpartition("://")
     if image and (not names.IMAGE_REF.fullmatch(ref) or scheme not in ("", "docker", "oras")):
         raise BackendError(f"unsafe image reference {image!r}")
-    if image and DIGEST.search(image):
+    if image and DIGEST_REF.search(image):
         return image, ""
     try:  # a tag, or nothing: what `hirl image push` recorded under this repo root
         return (scheme + "://" if scheme else "") + pinned_reference(ref, root=cell.root), ""
