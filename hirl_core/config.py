@@ -17,7 +17,9 @@ import tempfile
 
 import yaml
 
-_MISSING = object()
+_NO_DEFAULT = object()
+# Pass as get_dotted's default to tell an absent key from one that holds None.
+MISSING = object()
 _INT_RE = re.compile(r"[+-]?\d+")
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
 
@@ -250,12 +252,12 @@ def flat_keys(cfg):
     return sorted(keys)
 
 
-def get_dotted(cfg, key, default=_MISSING):
+def get_dotted(cfg, key, default=_NO_DEFAULT):
     """``cfg['a']['b']`` for ``'a.b'``; ``default`` if missing, else KeyError."""
     node = cfg
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            if default is _MISSING:
+            if default is _NO_DEFAULT:
                 raise KeyError(key)
             return default
         node = node[part]

@@ -14,13 +14,12 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-from hirl_core.config import Config, get_dotted, plain_tree, set_dotted
+from hirl_core.config import MISSING, Config, get_dotted, plain_tree, set_dotted
 
 from .spec import EVAL_TYPES, Experiment, SpecError
 
 OUTPUT_ROOT = "outputs"
 PLACEHOLDER_RUN_ID = "<run-id>"  # shown by dry runs, before any run exists
-_MISSING = object()
 # Keys the DAG sets in an eval config from its upstream pretrain.
 WIRED_KEYS = ("pretrained", "backbone", "seed")
 
@@ -98,8 +97,8 @@ def _topological(specs):
 
 
 def _require(cfg, key, stage_name, why):
-    value = get_dotted(cfg, key, _MISSING)
-    if value is _MISSING:
+    value = get_dotted(cfg, key, MISSING)
+    if value is MISSING:
         raise SpecError(f"stage {stage_name!r}: its config has no key {key!r}, needed {why}")
     return value
 

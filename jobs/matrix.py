@@ -32,13 +32,13 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from hirl_core.config import ConfigError, closest, get_dotted, parse_override, plain_tree
+from hirl_core.config import MISSING, ConfigError, closest, get_dotted, parse_override, plain_tree
 
 from . import resources as res
 from .dag import compile_cell, digest, format_value, wiring_lines
 from .errors import SpecError
-from .spec import (_MISSING, _check_name, _targets, apply_user_overrides, available_experiments,
-                   check_image, experiment_from_data, find_spec, is_sweep, read_spec, spec_name)
+from .spec import (apply_user_overrides, available_experiments, check_image, check_name, experiment_from_data,
+                   find_spec, is_sweep, override_targets, read_spec, spec_name)
 
 METHOD_AXIS = "method"
 _NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
@@ -121,12 +121,12 @@ class _Row:
             stages = self.experiment.stages
             where = f"{self.rel}" + (f" (row {self.method!r})" if self.method else "")
             try:
-                names, text = _targets(f"{key}=0", stages)
+                names, text = override_targets(f"{key}=0", stages)
             except ConfigError as exc:
                 raise SpecError(f"{where}: unknown matrix axis {key!r} ({exc})") from None
             dotted, _, is_add = parse_override(text)
             for name in names:
-                current = get_dotted(stages[name].config, dotted, _MISSING)
+                current = get_dotted(stages[name].config, dotted, MISSING)
                 if not is_add and isinstance(current, dict):
                     raise SpecError(f"{where}: matrix axis {key!r} names a mapping in stage {name!r}; "
                                     f"sweep one of its keys instead (e.g. {key}.<name>)")
@@ -227,7 +227,7 @@ def _load_row(method, root, sweep_data, sweep_rel, name, cache, configs):
     where = f"{sweep_rel}: axis {METHOD_AXIS!r}"
     if not isinstance(method, str):
         raise SpecError(f"{where}: values name experiment rows, got {method!r}")
-    _check_name(method, f"method (experiment row) in {sweep_rel}")
+    check_name(method, f"method (experiment row) in {sweep_rel}")
     try:
         find_spec(method, root)
     except SpecError:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from hirl_core.config import (Config, ConfigError, apply_overrides, closest, get_dotted, load_config,
+from hirl_core.config import (MISSING, Config, ConfigError, apply_overrides, closest, get_dotted, load_config,
                               parse_override)
 
 from . import names, resources as res
@@ -33,7 +33,6 @@ EXPERIMENTS_DIR = os.path.join("configs", "experiments")
 MATRIX_KEYS = ("matrix", "include", "exclude")
 _SPEC_KEYS = ("name", "description", "display_name", "baseline", "image", "stages", "resources") + MATRIX_KEYS
 _STAGE_KEYS = ("type", "config", "overrides", "after", "resources")
-_MISSING = object()
 # Stage types the stage runner can execute; None: ask hirl_core (tests pin it).
 RUNNABLE_TYPES = None
 
@@ -121,7 +120,7 @@ def _check_keys(mapping, allowed, where):
                             f"allowed: {', '.join(allowed)}")
 
 
-def _check_name(name, what):
+def check_name(name, what):
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         raise SpecError(f"bad {what} {name!r}: use lowercase letters, digits, '_' and '-' "
                         f"(start with a letter or digit, at most 63 characters)")
@@ -129,7 +128,7 @@ def _check_name(name, what):
 
 def _parse_stage(name, raw, spec_path, root, runnable):
     where = f"stage {name!r} of {spec_path}"
-    _check_name(name, "stage name")
+    check_name(name, "stage name")
     if not isinstance(raw, dict):
         raise SpecError(f"{where} must be a mapping with at least 'config'")
     _check_keys(raw, _STAGE_KEYS, where)
@@ -195,7 +194,7 @@ def _merged_view(configs):
     return Config(merged)
 
 
-def _targets(text, stages):
+def override_targets(text, stages):
     """(stage names, override text for them) that one user override applies to.
 
     ``<stage>.<key>=v`` is scoped to that stage when the stage has ``<key>`` (or it
@@ -208,9 +207,9 @@ def _targets(text, stages):
     head, _, rest = key.partition(".")
     if head in stages and rest:
         scoped = ("+" if is_add else "") + rest + "=" + raw_value
-        if is_add or get_dotted(stages[head].config, rest, _MISSING) is not _MISSING:
+        if is_add or get_dotted(stages[head].config, rest, MISSING) is not MISSING:
             return [head], scoped
-        anywhere = any(get_dotted(s.config, k, _MISSING) is not _MISSING
+        anywhere = any(get_dotted(s.config, k, MISSING) is not MISSING
                        for s in stages.values() for k in (key, head))
         if not anywhere:  # plainly meant for the stage: suggest from its config alone
             try:
@@ -219,7 +218,7 @@ def _targets(text, stages):
                 raise ConfigError(f"stage {head!r}: {exc}") from None
     if is_add:
         return list(stages), text
-    having = [name for name, s in stages.items() if get_dotted(s.config, key, _MISSING) is not _MISSING]
+    having = [name for name, s in stages.items() if get_dotted(s.config, key, MISSING) is not MISSING]
     if having:
         return having, text
     # Reuse the config module's message, with suggestions drawn from all stages.
@@ -230,7 +229,7 @@ def _targets(text, stages):
 def apply_user_overrides(stages, overrides):
     """Apply ``--set`` overrides in order to the resolved stage configs, in place."""
     for text in overrides:
-        names, stage_text = _targets(text, stages)
+        names, stage_text = override_targets(text, stages)
         for name in names:
             try:
                 stages[name].config = apply_overrides(stages[name].config, [stage_text])
@@ -255,7 +254,7 @@ def is_sweep(data):
 
 def spec_name(data, path):
     name = data.get("name", os.path.splitext(os.path.basename(path))[0])
-    _check_name(name, "experiment name")
+    check_name(name, "experiment name")
     return name
 
 
@@ -315,7 +314,7 @@ def experiment_from_data(data, path, root, overrides=(), name=None, cache=None):
     resources = res.validate(data.get("resources"), f"{rel}: resources")
     baseline = _optional_text(data, "baseline", rel)
     if baseline:
-        _check_name(baseline, "baseline experiment name")
+        check_name(baseline, "baseline experiment name")
     return Experiment(name=name, description=_optional_text(data, "description", rel), path=path, root=root,
                       stages=stages, resources=resources, overrides=tuple(overrides), planned=planned,
                       image=check_image(data.get("image"), rel), display_name=_optional_text(data, "display_name", rel),
@@ -331,6 +330,7 @@ def load_experiment(name_or_path, root=".", overrides=()) -> Experiment:
         raise SpecError(f"{rel} is a sweep (it has {', '.join(k for k in MATRIX_KEYS if k in data)}); "
                         f"load it with jobs.matrix.load_sweep")
     return experiment_from_data(data, path, root, overrides)
+
 
 
 def check_stage_data(experiment: Experiment) -> None:
