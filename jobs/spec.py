@@ -331,17 +331,3 @@ def load_experiment(name_or_path, root=".", overrides=()) -> Experiment:
                         f"load it with jobs.matrix.load_sweep")
     return experiment_from_data(data, path, root, overrides)
 
-
-
-def check_stage_data(experiment: Experiment) -> None:
-    """Raise ConfigError when a stage's dataset is missing on this machine (before anything is created).
-    Only for backends that run here: a cluster's paths need not exist on the submitting laptop."""
-    from hirl_core.data import check_data
-
-    for stage in experiment.stages.values():
-        data = stage.config.get("data")
-        if isinstance(data, dict):
-            try:
-                check_data(data, splits=("train",) if stage.type == "pretrain" else ("train", "val"))
-            except ConfigError as exc:
-                raise ConfigError(f"stage {stage.name!r}: {exc}") from None
