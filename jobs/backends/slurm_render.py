@@ -181,6 +181,10 @@ def sbatch_params(cell, stage, options, profile, *, dependency="", hold=False):
             params[key] = str(value)
     if options.get("exclusive"):
         params["exclusive"] = True
+    # A newline would end the #SBATCH line early; '%' would be expanded in the log-file patterns.
+    if re.search(r"[\x00-\x1f\x7f%]", cell.root):
+        raise BackendError(f"the repo root {cell.root!r} holds a control character or '%', which sbatch cannot "
+                           f"carry in its directives and log paths; move the checkout")
     extra = {"requeue": True, "chdir": cell.root}
     if dependency:
         params["dependency"] = dependency

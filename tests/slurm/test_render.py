@@ -3,7 +3,6 @@ Apptainer site, refusals, and hostile names/overrides that must never reach a sc
 (the rendered script is *run* under bash with a stub srun that records its argv)."""
 
 import json
-import os
 import shlex
 import shutil
 import stat
@@ -12,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from hirl_core.config import parse_override
 from jobs.backends import BackendError, Plan
 from jobs.backends.slurm import SlurmBackend
 from jobs.dag import assign_outputs
@@ -20,6 +21,7 @@ from jobs.lineage import StageRun
 from jobs.matrix import load_sweep
 from jobs.spec import SpecError
 
+from .. import hostile
 from ..jobs.goldens import check_golden
 
 HERE = Path(__file__).resolve().parent
@@ -115,8 +117,8 @@ def test_hostile_resources_are_refused_when_the_spec_loads(tmp_path, resources, 
         load_sweep(spec, root=tmp_path)
 
 
-HOSTILE = ["pretrain.data.root=/d/$(touch /tmp/PWNED-hirl)';`id`\"", "knn.knn.k=[20]",
-           "pretrain.method.name=mocov2\nrm -rf /"]
+# Every shared hostile value as an override, each with one of the shared hostile checkout paths.
+HOSTILE = [(hostile.PATHS[i % len(hostile.PATHS)], value) for i, value in enumerate(hostile.VALUES)]
 
 
 def _stub_srun(tmp_path):
@@ -129,19 +131,25 @@ def _stub_srun(tmp_path):
     return bin_dir
 
 
-def test_hostile_root_and_overrides_are_quoted_and_run_as_plain_arguments(tmp_path):
+@pytest.mark.parametrize("name, value", HOSTILE, ids=hostile.ids(hostile.VALUES))
+def test_hostile_root_and_overrides_are_quoted_and_run_as_plain_arguments(tmp_path, name, value):
     """A checkout path and --set values full of shell syntax: the rendered script, run by bash,
     hands srun exactly the intended argv, and nothing the strings 'say' is executed."""
-    root = tmp_path / "co de'$(touch PWNED);x\"`id`"
+    root = tmp_path / name
     shutil.copytree(FIX / "configs", root / "configs")
     (root / "slurm").mkdir()
     (root / "slurm" / "plain.yaml").write_text("runtime: none\npython: .venv/bin/python\ntime: 10\n")
-    cell = _cell(root, HOSTILE, at=str(root))
+    overrides = [f"pretrain.data.root={value}", "knn.knn.k=[20]"]
+    cell = _cell(root, overrides, at=str(root))
+    if "\n" in name or "%" in name:   # a newline would end an #SBATCH line; % is an sbatch file pattern
+        with pytest.raises(BackendError, match="sbatch cannot carry"):
+            SlurmBackend(site="plain").render(Plan(cell, None))
+        return
     files = SlurmBackend(site="plain").render(Plan(cell, None))
-    cfg = files[f"{cell.stage('pretrain').output_dir}/config.yaml"]
-    assert "$(touch /tmp/PWNED-hirl)" in cfg            # the value reaches the config file, as data
+    cfg = yaml.safe_load(files[f"{cell.stage('pretrain').output_dir}/config.yaml"])
+    assert cfg["data"]["root"] == parse_override(overrides[0])[1]   # the value reaches the config, as data
     script = files["slurm/pretrain.sbatch"]
-    assert "PWNED-hirl" not in script and "rm -rf" not in script
+    assert hostile.CANARY not in value or value not in script
     for line in script.splitlines():                   # every #SBATCH value is one shell word
         if line.startswith("#SBATCH "):
             assert len(shlex.split(line[len("#SBATCH "):])) == 1, line
@@ -156,7 +164,7 @@ def test_hostile_root_and_overrides_are_quoted_and_run_as_plain_arguments(tmp_pa
     assert json.loads(record.read_text()) == [
         "--unbuffered", "--output", f"{folder}/%j_%t_log.out", "--error", f"{folder}/%j_%t_log.err",
         "--cpus-per-task=10", ".venv/bin/python", "-u", "-m", "submitit.core._submit", folder]
-    assert not list(tmp_path.rglob("PWNED*")) and not os.path.exists("/tmp/PWNED-hirl")
+    hostile.assert_no_canary(tmp_path)
 
 
 def test_hostile_root_cannot_be_mounted_into_containers(tmp_path):
@@ -179,9 +187,10 @@ def test_apptainer_script_runs_the_container_command_as_argv(tmp_path):
     assert argv[:2] == ["--unbuffered", "--output"] and "--cpus-per-task=10" in argv
 
 
-def test_job_names_are_slugged_from_free_text():
+@pytest.mark.parametrize("method", hostile.NAMES, ids=hostile.ids(hostile.NAMES))
+def test_job_names_are_slugged_from_free_text(method):
     cell = _cell()
-    cell.method = "SGD w/ nesterov; $(id)"
+    cell.method = method
     name = _render("pyxis_site", cell)["slurm/pretrain.sbatch"].split("--job-name=")[1].split("\n")[0]
     assert set(name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") and len(name) <= 64
 
