@@ -109,8 +109,10 @@ class LocalBackend(Backend):
                 log_path = str(Path(plan.cell.root, stage.output_dir, "log.txt"))
                 held = self._hold_reason(stage, handles, interrupted)
                 if held:
-                    _say(f"hold {stage.name}: {held}; run {run.run_id} stays {run.status}")
-                    handles[stage.name] = Handle(stage.name, run.run_id, run.status, log_path, reason=held)
+                    # read again: a `hirl cancel` from another shell may have turned it KILLED meanwhile
+                    now = lineage.run_status(run.run_id, plan.tracking_uri)
+                    _say(f"hold {stage.name}: {held}; run {run.run_id} {_stays(now)}")
+                    handles[stage.name] = Handle(stage.name, run.run_id, now, log_path, reason=held)
                     continue
                 status, tags = lineage.run_state(run.run_id, plan.tracking_uri)
                 if status == "FINISHED" and not plan.force:
@@ -280,6 +282,10 @@ class LocalBackend(Backend):
 
 
 PID_FILE = "pid"
+
+
+def _stays(status):
+    return "stays SCHEDULED" if status == "SCHEDULED" else f"is {status}"
 
 
 def _write_atomic(path, text):

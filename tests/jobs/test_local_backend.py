@@ -189,3 +189,24 @@ def test_a_stage_killed_by_a_signal_is_marked_killed(root, db):
     result = LocalBackend(command_for=lambda s: [PYTHON, "-c", suicide]).submit(Plan(cell, runs, lineage.tracking_uri()))
     assert result.returncode == 1 and result.handles[0].returncode == -signal.SIGKILL
     assert lineage.run_status(runs["pretrain"].run_id) == "KILLED"
+
+
+# The pre-training stage cancels its own chain from another process, as `hirl cancel` in a second shell.
+CANCEL_FROM_INSIDE = """\
+import subprocess, sys, time
+subprocess.run([sys.executable, "-m", "jobs", "cancel", "demo"], start_new_session=True)
+time.sleep(60)
+"""
+
+
+def test_after_a_cancel_the_hold_message_says_the_run_is_killed(root, db, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "get_backend", lambda name: LocalBackend(
+        command_for=lambda stage: [PYTHON, "-c", CANCEL_FROM_INSIDE], grace_s=5))
+    monkeypatch.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])
+    assert cli.main(["submit", "demo"]) == 1
+    out = capsys.readouterr().out
+    cell = compile_cell(load_experiment("demo", root=root))
+    rows = lineage.chain_status("demo", cell.cell_id, cell.names)
+    assert [(r.stage, r.status) for r in rows] == [("pretrain", "KILLED"), ("knn", "KILLED")]
+    assert f"hold knn: upstream pretrain is KILLED; run {rows[1].run_id} is KILLED" in out, out
+    assert "stays SCHEDULED" not in out
