@@ -6,7 +6,8 @@
 
 The tag is a hash of everything that goes into the image: the Dockerfile, the dependency pins
 (pyproject.toml) and the source tree it copies, plus the build arguments that change its content
-(not those that only say where pip downloads from). The build context is exactly those files, so
+(not those that only say where pip downloads from; those are recorded in the image's history, so
+credentials in them are refused). The build context is exactly those files, so
 the hash and the image cannot disagree, and an unchanged tree reuses the tag without building.
 ``push`` records the registry digest in ``.hirl/images.json``; cluster backends pin
 ``<repository>@sha256:<digest>`` from there and refuse an image that was never pushed.
@@ -103,10 +104,28 @@ def parse_build_args(pairs):
             raise ImageError(f"bad --build-arg {pair!r}: expected KEY=VALUE with KEY one of {', '.join(ALLOWED_ARGS)}")
         if "\n" in value or "\0" in value:
             raise ImageError(f"bad --build-arg {key}: the value holds a newline or NUL")
+        _refuse_credentials(key, value)
         args[key] = value
     if "BASE_IMAGE" in args:
         check_reference(args["BASE_IMAGE"], "--base")
     return args
+
+
+# A URL's user[:password]@, or a query parameter that names a secret (pip takes several URLs, space-separated).
+_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]*@")
+_SECRET_QUERY = re.compile(r"[?&](?:[a-z_-]*token|[a-z_-]*key|password|passwd|pass|secret|auth\w*|sig|signature)=",
+                           re.I)
+
+
+def _refuse_credentials(key, value):
+    """The engine records build arguments that RUN steps use in the image's history and config, and
+    the docker SDK has no build secrets: a credential in one would ship with every pushed image."""
+    what = ("user:password@ in a URL" if _USERINFO.search(value) else
+            "a secret query parameter" if _SECRET_QUERY.search(value) else "")
+    if what:
+        raise ImageError(f"build argument {key} carries credentials ({what}), and build arguments are recorded in "
+                         f"the image's history: use an index that needs none, such as a mirror or an "
+                         f"authenticating proxy on the build host (the value is not shown)")
 
 
 def check_repository(repository):

@@ -140,3 +140,35 @@ def test_slurm_container_profiles_pin_a_pushed_tag_by_digest_and_refuse_an_unkno
     assert "hirl-image-not-built" in "".join(backend.render(Plan(cell, None)).values())
     with pytest.raises(BackendError, match="was never pushed"):
         backend.preflight([Plan(cell, None)])
+
+
+SECRET = "s3cr3t-t0ken"
+
+
+@pytest.mark.parametrize("how, value", [
+    ("env", f"https://builder:{SECRET}@pypi.example.com/simple"),
+    ("env", f"https://{SECRET}@pypi.example.com/simple"),
+    ("flag", f"http://127.0.0.1:8765/simple https://x:{SECRET}@pypi.example.com/simple"),
+    ("flag", f"https://pypi.example.com/simple?token={SECRET}"),
+    ("flag", f"https://pypi.example.com/simple?a=1&Access_Token={SECRET}"),
+])
+def test_credentials_in_a_build_argument_are_refused_without_printing_them(tmp_path, how, value):
+    """Build arguments that RUN steps use are recorded in the image's history, so a credentialed
+    index URL would travel with every pushed image: refused before any engine is asked."""
+    key = "PIP_INDEX_URL" if "?" in value else "PIP_EXTRA_INDEX_URL"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    argv = [sys.executable, "-m", "jobs", "image", "build", "--repository", "hirl"]
+    if how == "env":
+        env["HIRL_IMAGE_BUILD_ARGS"] = f"BASE_IMAGE=localhost/debian:bookworm {key}={value}"
+    else:
+        argv += ["--build-arg", f"{key}={value}"]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stdout == "", out.stdout + out.stderr
+    assert f"hirl: error: build argument {key} carries credentials" in out.stderr
+    assert "history" in out.stderr and SECRET not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1:8765/simple", "https://pypi.example.com/simple?x=1",
+                                   "https://pypi.org/simple/@scope"])
+def test_index_urls_without_credentials_are_accepted(value):
+    assert image.parse_build_args([f"PIP_EXTRA_INDEX_URL={value}"]) == {"PIP_EXTRA_INDEX_URL": value}
