@@ -149,6 +149,11 @@ def cmd_logs(args):
     backend = _backend_for(args, st)
     handle = _handle(cell, row)
     shown = backend.logs(handle, args.rank)
+    if not shown and not row.attempt:  # an empty screen would look like a broken `logs`
+        print(f"stage {stage} of cell {cell.cell_id[:8]} has not started (run {row.run_id} is {row.status}): "
+              f"no log yet", file=sys.stderr)
+        if not args.follow or row.status not in ("SCHEDULED", "RUNNING"):
+            return 1
     sys.stdout.write(shown)
     sys.stdout.flush()
     try:

@@ -210,3 +210,17 @@ def test_after_a_cancel_the_hold_message_says_the_run_is_killed(root, db, monkey
     assert [(r.stage, r.status) for r in rows] == [("pretrain", "KILLED"), ("knn", "KILLED")]
     assert f"hold knn: upstream pretrain is KILLED; run {rows[1].run_id} is KILLED" in out, out
     assert "stays SCHEDULED" not in out
+
+
+def test_logs_of_a_stage_that_never_started_say_so_in_one_line(root, db, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "get_backend", lambda name: LocalBackend(command_for=lambda s: [PYTHON, "-c", BAD_STAGE]))
+    assert cli.main(["submit", "demo"]) == 1
+    capsys.readouterr()
+    assert cli.main(["logs", "demo", "--stage", "knn"]) == 1
+    out, err = capsys.readouterr()
+    cell = compile_cell(load_experiment("demo", root=root))
+    knn = lineage.chain_status("demo", cell.cell_id, cell.names)[1]
+    assert out == "" and err == (f"stage knn of cell {cell.cell_id[:8]} has not started (run {knn.run_id} is "
+                                 f"SCHEDULED): no log yet\n")
+    assert cli.main(["logs", "demo", "--stage", "pretrain"]) == 0
+    assert capsys.readouterr().out == "boom\n"
