@@ -86,7 +86,7 @@ def _precision(cfg, device: torch.device) -> str:
 def run_pretrain(cfg) -> dict:
     info = init_distributed(cfg.get("device", "auto"))
     out = Path(cfg.output_dir)
-    state = ckpt.load_training_checkpoint(out)
+    state, resumed_from = ckpt.load_training_checkpoint(out, warn=lambda text: _say(info, f"warning: {text}"))
     seed_all(cfg.seed)  # the model is initialised from the seed alone (the KNN "untrained" baseline relies on it)
     method = build_method(cfg).to(info.device)
     if cfg.get("sync_bn") and info.world_size > 1 and info.device.type == "cuda":
@@ -134,13 +134,14 @@ def run_pretrain(cfg) -> dict:
         tracker.metrics({"resumed_from_epoch": start_epoch}, step=start_epoch)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGUSR2)}
     history = []
+    resume_point, resume_epoch = resumed_from, start_epoch
     try:
         assumed = cfg.get("assumed_gpus")
         if assumed and assumed != info.world_size:
             _say(info, f"note: the config assumes {assumed} GPUs, this run has {info.world_size}; the LR is "
                        f"scaled to the actual total batch {total_batch}, so the recipe differs from the seed's")
         if start_epoch:
-            _say(info, f"resuming from {out / ckpt.CHECKPOINT} at epoch {start_epoch}/{cfg.epochs}")
+            _say(info, f"resuming from {resumed_from} at epoch {start_epoch}/{cfg.epochs}")
         for epoch in range(start_epoch, cfg.epochs):
             if hirl is not None and epoch >= cfg.hirl.cluster_warmup_epoch:
                 _say(info, f"epoch {epoch + 1}: hierarchical k-means {hirl.num_cluster}")
@@ -151,12 +152,15 @@ def run_pretrain(cfg) -> dict:
             # The checkpoint and the epoch's metrics land together or not at all: a signal in between
             # would resume after an epoch whose metrics were never logged. It waits until both are done.
             with _signals_deferred():
+                # the file replaced becomes the fallback, unless it is the unusable one resumed around
+                keep = resume_point == out / ckpt.CHECKPOINT
                 if info.is_main:
                     ckpt.atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
+                                      "scaler": scaler.state_dict(), "epoch": epoch + 1,
                                       "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
                                       "hirl_tree": tree_state(hirl.tree, epoch) if hirl else None},
-                                     out / ckpt.CHECKPOINT)
+                                     out / ckpt.CHECKPOINT, previous=out / ckpt.PREVIOUS if keep else None)
+                resume_point, resume_epoch = out / ckpt.CHECKPOINT, epoch + 1
                 tracker.metrics(stats, step=epoch)
             barrier()
         if info.is_main:
@@ -165,7 +169,10 @@ def run_pretrain(cfg) -> dict:
     except Interrupted as why:
         for s in previous:  # a second signal must not cut the KILLED write short (SIGKILL still can)
             signal.signal(s, signal.SIG_IGN)
-        _say(info, f"interrupted by {why}; resume point: {out / ckpt.CHECKPOINT}")
+        if resume_point is not None:
+            _say(info, f"interrupted by {why}; resume point: {resume_point} (epoch {resume_epoch}/{cfg.epochs})")
+        else:
+            _say(info, f"interrupted by {why}; no checkpoint yet: a restart begins at epoch 1")
         tracker.finish("KILLED")
         sys.exit(143)
     except BaseException:

@@ -60,8 +60,8 @@ def test_sigterm_right_after_a_checkpoint_still_logs_that_epoch(tmp_path, monkey
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     real_save = ckpt.atomic_save
 
-    def save_then_signal(state, path):
-        real_save(state, path)
+    def save_then_signal(state, path, **kwargs):
+        real_save(state, path, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(ckpt, "atomic_save", save_then_signal)
