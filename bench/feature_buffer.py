@@ -4,7 +4,7 @@
 
 Runs the real re-clustering of one epoch (feature pass over the whole training set, gather to rank 0,
 hierarchical k-means, broadcast of the tree) of a HIRL demo config on two CPU processes, and reports
-what each rank allocated for features (hirl_core.hirl.features.PEAK_FEATURE_BYTES) next to the N×D
+what each rank allocated for features (the `feature_buffer_bytes` the pass reports) next to the N×D
 buffer the seed kept on every rank.
 """
 from __future__ import annotations
@@ -27,7 +27,6 @@ def _worker(rank, world, port, config, overrides, out_dir):
     from hirl_core.config import load_config
     from hirl_core.data.build import build_eval_dataset
     from hirl_core.hirl import epoch as hirl_epoch
-    from hirl_core.hirl.features import PEAK_FEATURE_BYTES
     from hirl_core.hirl.wrapper import HIRL
     from hirl_core.methods import build_method
 
@@ -39,7 +38,7 @@ def _worker(rank, world, port, config, overrides, out_dir):
     model = HIRL(build_method(cfg), cfg.hirl)
     dataset = build_eval_dataset(cfg.data, "train")
     stats = hirl_epoch.recluster(model, cfg.hirl, dataset, 0, out_dir, torch.device("cpu"), rank == 0)
-    result = {"rank": rank, "feature_buffer_bytes": int(PEAK_FEATURE_BYTES["value"]), "n": len(dataset),
+    result = {"rank": rank, "feature_buffer_bytes": int(stats["feature_buffer_bytes"]), "n": len(dataset),
               "dim": int(model.tree.centroids[0].shape[1]), "tree_levels": [len(c) for c in model.tree.centroids],
               "clustering_seconds": float(stats.get("clustering_time_s", stats.get("cluster_time_s", -1.0)))}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))

@@ -1,7 +1,8 @@
 """What HIRL adds to a pre-training epoch: re-cluster at its start (from `cluster_warmup_epoch` on).
 
 The tree of epoch e is saved to `<out>/clusters.pth` atomically right after clustering; a run resumed in
-the middle of epoch e loads it instead of clustering again (clustering ImageNet costs minutes).
+the middle of epoch e loads it instead of clustering again (clustering ImageNet costs minutes); one that
+cannot be read (torn by a lost node or a full disk) is only a lost cache, so the epoch clusters again.
 The tree also travels in `checkpoint.pth` with the rest of the training state.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from ..engine.checkpoint import atomic_save
 from ..engine.distributed import barrier, is_dist
-from .features import PEAK_FEATURE_BYTES, broadcast_tree, gather_features
+from .features import broadcast_tree, gather_features
 from .kmeans import PrototypeTree, hierarchical_kmeans
 
 CLUSTERS = "clusters.pth"
@@ -35,8 +36,11 @@ def load_saved_tree(out_dir, epoch: int) -> PrototypeTree | None:
     path = Path(out_dir) / CLUSTERS
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return tree_from_state(state) if state.get("epoch") == epoch else None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torn by a lost node or a full disk: only a cache, so cluster again
+        return None
+    return tree_from_state(state) if isinstance(state, dict) and state.get("epoch") == epoch else None
 
 
 def recluster(hirl_model, cfg_hirl, cluster_dataset, epoch: int, out_dir, device, is_main: bool) -> dict:
@@ -46,7 +50,7 @@ def recluster(hirl_model, cfg_hirl, cluster_dataset, epoch: int, out_dir, device
         hirl_model.set_tree(saved, device)
         return {"reclustered": 0.0}
     km = cfg_hirl.get("kmeans", {})
-    feats = gather_features(hirl_model, cluster_dataset, cfg_hirl.get("feature_batch_size", 256), device)
+    feats, feature_bytes = gather_features(hirl_model, cluster_dataset, cfg_hirl.get("feature_batch_size", 256), device)
     tree = None
     if feats is not None:  # rank 0
         tree = hierarchical_kmeans(feats, hirl_model.num_cluster, niter=km.get("niter", 20),
@@ -61,13 +65,6 @@ def recluster(hirl_model, cfg_hirl, cluster_dataset, epoch: int, out_dir, device
         atomic_save(tree_state(tree, epoch), Path(out_dir) / CLUSTERS)
     barrier()
     stats = tree.stats()
-    stats["feature_buffer_bytes"] = float(PEAK_FEATURE_BYTES["value"])
+    stats["feature_buffer_bytes"] = float(feature_bytes)
     stats["reclustered"] = 1.0
     return stats
-
-
-def check_cluster_counts(num_cluster, num_images: int) -> None:
-    from ..config import ConfigError
-
-    if int(num_cluster[0]) > num_images:
-        raise ConfigError(f"hirl.num_cluster[0]={num_cluster[0]} exceeds the {num_images} training images")

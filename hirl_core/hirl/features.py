@@ -19,9 +19,6 @@ from ..engine.distributed import is_dist
 from .kmeans import PrototypeTree
 
 GATHER_CHUNK_ROWS = 16384
-# Peak bytes of feature storage this process allocated in the last pass (the N×D matrix on rank 0, the
-# local shard elsewhere); tests and the benchmark read it.
-PEAK_FEATURE_BYTES = {"value": 0}
 
 
 @torch.no_grad()
@@ -35,8 +32,9 @@ def _embed_shard(method, dataset, lo: int, hi: int, batch_size: int, device) -> 
 
 
 @torch.no_grad()
-def gather_features(method, dataset, batch_size: int, device) -> np.ndarray | None:
-    """L2-normalised clustering features [N, D] (float32) on rank 0; None on the other ranks."""
+def gather_features(method, dataset, batch_size: int, device) -> tuple[np.ndarray | None, int]:
+    """(L2-normalised clustering features [N, D] float32 on rank 0, None on the other ranks; the peak
+    bytes of feature storage this process allocated: the N×D matrix on rank 0, its shard elsewhere)."""
     n = len(dataset)
     world = dist.get_world_size() if is_dist() else 1
     rank = dist.get_rank() if is_dist() else 0
@@ -45,13 +43,10 @@ def gather_features(method, dataset, batch_size: int, device) -> np.ndarray | No
     shard = _embed_shard(method, dataset, lo, hi, batch_size, device)
     if world == 1:
         feats = shard.cpu().numpy()
-        PEAK_FEATURE_BYTES["value"] = feats.nbytes
-        return feats
+        return feats, feats.nbytes
     dim = shard.shape[1] if len(shard) else method.inst_dim
-    PEAK_FEATURE_BYTES["value"] = shard.numel() * 4
     out = np.empty((n, dim), dtype=np.float32) if rank == 0 else None
-    if rank == 0:
-        PEAK_FEATURE_BYTES["value"] = out.nbytes
+    peak = out.nbytes if rank == 0 else shard.numel() * 4
     for start in range(0, per, GATHER_CHUNK_ROWS):  # every rank takes part in every round
         rows = min(GATHER_CHUNK_ROWS, per - start)
         send = torch.zeros(rows, dim, device=device)
@@ -65,7 +60,7 @@ def gather_features(method, dataset, batch_size: int, device) -> np.ndarray | No
                 b = min(n, a + rows, (r + 1) * per)
                 if b > a:
                     out[a:b] = buf[:b - a].cpu().numpy()
-    return out
+    return out, peak
 
 
 def broadcast_tree(tree: PrototypeTree | None, num_cluster, num_images: int, device) -> PrototypeTree:

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from hirl_core.config import Config
 from hirl_core.data.datasets import InMemoryEval
 from hirl_core.hirl import epoch as hirl_epoch
-from hirl_core.hirl.features import PEAK_FEATURE_BYTES
+from hirl_core.hirl import features
 from hirl_core.hirl.wrapper import HIRL
 from hirl_core.methods import build_method
 
@@ -39,7 +39,7 @@ def _worker(rank, world, port, out_dir):
     model = _model()
     stats = hirl_epoch.recluster(model, CFG.hirl, _dataset(), 3, out_dir, torch.device("cpu"), rank == 0)
     torch.save({"centroids": model.tree.centroids, "labels": model.tree.labels, "parents": model.tree.parents,
-                "peak": PEAK_FEATURE_BYTES["value"], "stats": stats}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "peak": stats["feature_buffer_bytes"], "stats": stats}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -72,10 +72,42 @@ def test_resumed_epoch_reuses_its_tree(tmp_path, monkeypatch):
     stats = hirl_epoch.recluster(again, CFG.hirl, _dataset(), 5, tmp_path, torch.device("cpu"), True)
     assert stats == {"reclustered": 0.0} and not calls
     assert all(np.array_equal(a, b) for a, b in zip(first, again.tree.labels))
-    # a later epoch does cluster again
-    with_calls = _model()
-    try:
-        hirl_epoch.recluster(with_calls, CFG.hirl, _dataset(), 6, tmp_path, torch.device("cpu"), True)
-    except Exception:
-        pass
-    assert calls == [1]
+
+
+
+def _counting_kmeans(monkeypatch) -> list:
+    calls, real = [], hirl_epoch.hierarchical_kmeans
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hirl_epoch, "hierarchical_kmeans", counted)
+    return calls
+
+
+def test_a_later_epoch_clusters_again(tmp_path, monkeypatch):
+    hirl_epoch.recluster(_model(), CFG.hirl, _dataset(), 5, tmp_path, torch.device("cpu"), True)
+    calls = _counting_kmeans(monkeypatch)
+    later = _model()
+    stats = hirl_epoch.recluster(later, CFG.hirl, _dataset(), 6, tmp_path, torch.device("cpu"), True)
+    assert calls == [1] and stats["reclustered"] == 1.0
+    assert [len(c) for c in later.tree.centroids] == CFG.hirl.num_cluster
+    assert torch.load(tmp_path / hirl_epoch.CLUSTERS, weights_only=True)["epoch"] == 6
+
+
+def test_a_torn_saved_tree_is_clustered_again(tmp_path, monkeypatch):
+    hirl_epoch.recluster(_model(), CFG.hirl, _dataset(), 5, tmp_path, torch.device("cpu"), True)
+    saved = tmp_path / hirl_epoch.CLUSTERS
+    saved.write_bytes(saved.read_bytes()[:100])
+    calls = _counting_kmeans(monkeypatch)
+    stats = hirl_epoch.recluster(_model(), CFG.hirl, _dataset(), 5, tmp_path, torch.device("cpu"), True)
+    assert calls == [1] and stats["reclustered"] == 1.0
+
+
+def test_the_feature_pass_returns_its_buffer_size():
+    model = _model()
+    feats, nbytes = features.gather_features(model, _dataset(), 32, torch.device("cpu"))
+    assert feats.shape == (N, model.inst_dim) and nbytes == feats.nbytes
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert not hasattr(features, "PEAK_FEATURE_BYTES")  # no module state shared between passes
