@@ -2,6 +2,8 @@
 
 For image i with level embeddings z^l (unit norm) and a path p = (c^1, …, c^L) of prototypes, the match
 score per level is s^l = (<z^l, c^l> + 1) / 2 and the path probability is the product over levels.
+The loss normalises z and the prototypes itself (as the seed's): a score is in [0, 1] only for unit
+vectors, and anything above 1 would make log(1 - s) NaN without a word.
 The loss is a binary cross-entropy: the image's own path against the mean over sampled negative paths
 that differ from it (true-negative mask); no softmax, no temperature. Prototypes are constants.
 """
@@ -56,8 +58,9 @@ def path_loss(z: torch.Tensor, prototypes: list[torch.Tensor], pos_paths: torch.
               neg_paths: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """L_SPD (the seed's exact form) and per-level accuracy logs.
 
-    z [B, L, D] unit norm; pos_paths [B, L]; neg_paths [B, M, L]."""
-    prototypes = [p.detach() for p in prototypes]
+    z [B, L, D]; prototypes [K_l, D] per level (both normalised here); pos_paths [B, L]; neg_paths [B, M, L]."""
+    z = F.normalize(z, dim=-1)
+    prototypes = [F.normalize(p.detach(), dim=1) for p in prototypes]
     pos = path_scores(z, prototypes, pos_paths[:, None, :])[:, 0]         # [B, L]
     neg = path_scores(z, prototypes, neg_paths)                           # [B, M, L]
     true_neg = (neg_paths != pos_paths[:, None, :]).any(dim=-1).float()   # [B, M]

@@ -89,6 +89,18 @@ def test_negative_equal_to_positive_never_counts():
     assert torch.isfinite(base)
 
 
+def test_path_loss_normalises_prototypes_and_embeddings():
+    """Scores assume unit vectors: a prototype of norm 3 gave scores above 1, log of a negative, NaN."""
+    z, protos, _parents, pos, neg = _setup()
+    want, want_logs = path_loss(z, protos, pos, neg)
+    g = torch.Generator().manual_seed(5)
+    scaled = [p * (1 + 3 * torch.rand(len(p), 1, generator=g, dtype=p.dtype)) for p in protos]
+    got, logs = path_loss(z * 2.5, scaled, pos, neg)
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(want.item(), rel=1e-9)
+    assert logs == pytest.approx(want_logs)
+
+
 def test_negatives_are_valid_tree_paths():
     g = torch.Generator().manual_seed(1)
     parents = [torch.randint(5, (20,), generator=g), torch.randint(3, (5,), generator=g)]
