@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from ..config import dump_config
 from ..data.build import build_eval_dataset, build_pretrain_dataset
@@ -29,6 +28,7 @@ from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .optim import (build_optimizer, clip_gradients, scaled_lr, scheduled_lr, scheduled_weight_decay, set_lr,
                     set_weight_decay)
+from .progress import Progress, duration
 
 
 class Interrupted(BaseException):
@@ -142,7 +142,9 @@ def run_pretrain(cfg) -> dict:
                        f"scaled to the actual total batch {total_batch}, so the recipe differs from the seed's")
         if start_epoch:
             _say(info, f"resuming from {resumed_from} at epoch {start_epoch}/{cfg.epochs}")
+        epoch_seconds = []
         for epoch in range(start_epoch, cfg.epochs):
+            began = time.perf_counter()
             if hirl is not None and epoch >= cfg.hirl.cluster_warmup_epoch:
                 _say(info, f"epoch {epoch + 1}: hierarchical k-means {hirl.num_cluster}")
                 tracker.metrics(recluster(hirl, cfg.hirl, cluster_set, epoch, out, info.device, info.is_main),
@@ -163,6 +165,10 @@ def run_pretrain(cfg) -> dict:
                 resume_point, resume_epoch = out / ckpt.CHECKPOINT, epoch + 1
                 tracker.metrics(stats, step=epoch)
             barrier()
+            epoch_seconds.append(time.perf_counter() - began)
+            left = sum(epoch_seconds) / len(epoch_seconds) * (cfg.epochs - epoch - 1)
+            _say(info, f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  lr {_lr(stats['lr'])}  "
+                       f"{stats['images_per_s']:.0f} img/s  ETA {duration(left)}")
         if info.is_main:
             ckpt.export_backbone(method, out / ckpt.BACKBONE, prefix="model.backbone." if hirl else "backbone.")
         tracker.finish("FINISHED")
@@ -184,6 +190,10 @@ def run_pretrain(cfg) -> dict:
     return history[-1] if history else {}
 
 
+def _lr(lr: float) -> str:
+    return f"{lr:.4f}" if lr >= 1e-3 else f"{lr:.2e}"
+
+
 def _say(info: DistInfo, text: str) -> None:
     if info.is_main:
         print(f"[pretrain] {text}", flush=True)
@@ -203,35 +213,34 @@ def _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision
     model.train()
     loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
     log_sums: dict[str, float] = {}
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0,
-               dynamic_ncols=True, file=sys.stdout)
-    for i, (views, index, _target) in enumerate(bar):
-        step = epoch * steps_per_epoch + i
-        lr = scheduled_lr(sched, base_lr, step, steps_per_epoch, total_steps)
-        set_lr(optimizer, lr)
-        wd = scheduled_weight_decay(cfg.optimizer, step, total_steps)
-        if wd is not None:
-            set_weight_decay(optimizer, wd)
-        method.on_step_start(step, total_steps, steps_per_epoch)
-        views = [v.to(info.device, non_blocking=True) for v in views]
-        with _autocast(info.device, precision):
-            out = model(views, index) if getattr(method, "uses_index", False) else model(views)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out.loss).backward()
-        if cfg.get("clip_grad"):
-            scaler.unscale_(optimizer)
-            clip_gradients(method.parameters(), cfg.clip_grad, cfg.get("clip_grad_mode", "global"))
-        method.before_optimizer_step()
-        scaler.step(optimizer)
-        scaler.update()
-        method.after_step((step + 1) / total_steps)
-        loss_sum += out.loss.item()
-        for key, value in out.logs.items():
-            log_sums[key] = log_sums.get(key, 0.0) + float(value)
-        seen += len(views[0]) * info.world_size
-        bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{lr:.2e}",
-                        img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-    bar.close()
+    with Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", enabled=info.is_main,
+                  prefix="[pretrain] ") as bar:
+        for i, (views, index, _target) in enumerate(loader):
+            step = epoch * steps_per_epoch + i
+            lr = scheduled_lr(sched, base_lr, step, steps_per_epoch, total_steps)
+            set_lr(optimizer, lr)
+            wd = scheduled_weight_decay(cfg.optimizer, step, total_steps)
+            if wd is not None:
+                set_weight_decay(optimizer, wd)
+            method.on_step_start(step, total_steps, steps_per_epoch)
+            views = [v.to(info.device, non_blocking=True) for v in views]
+            with _autocast(info.device, precision):
+                out = model(views, index) if getattr(method, "uses_index", False) else model(views)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            if cfg.get("clip_grad"):
+                scaler.unscale_(optimizer)
+                clip_gradients(method.parameters(), cfg.clip_grad, cfg.get("clip_grad_mode", "global"))
+            method.before_optimizer_step()
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_step((step + 1) / total_steps)
+            loss_sum += out.loss.item()
+            for key, value in out.logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + float(value)
+            seen += len(views[0]) * info.world_size
+            bar.update(**{"loss": f"{loss_sum / (i + 1):.4f}", "lr": _lr(lr),
+                          "img/s": f"{seen / (time.perf_counter() - t0):.0f}"})
     elapsed = time.perf_counter() - t0
     loss = all_reduce_mean(torch.tensor(loss_sum / max(1, steps_per_epoch), device=info.device)).item()
     logs = {k: v / max(1, steps_per_epoch) for k, v in log_sums.items()}  # rank 0's epoch means

@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..engine.progress import Progress
+
 
 @torch.no_grad()
-def extract_features(backbone, dataset, batch_size: int, device, num_workers: int = 0):
-    """(L2-normalised features [N, D] on CPU, labels [N]) in dataset order."""
+def extract_features(backbone, dataset, batch_size: int, device, num_workers: int = 0, desc: str | None = None):
+    """(L2-normalised features [N, D] on CPU, labels [N]) in dataset order; with `desc`, its progress."""
     backbone.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats, labels = [], []
-    for images, _index, target in loader:
+    for images, _index, target in Progress(len(loader), desc or "", enabled=desc is not None).wrap(loader):
         feats.append(F.normalize(backbone(images.to(device)).float(), dim=1).cpu())
         labels.append(torch.as_tensor(target))
     return torch.cat(feats), torch.cat(labels)

@@ -33,11 +33,13 @@ def _backbone_from_pretrain_dir(cfg) -> None:
     cfg["backbone"], cfg["seed"] = pre.backbone, pre.seed
 
 
-def _evaluate(backbone, train_set, val_set, cfg, device) -> dict:
+def _evaluate(backbone, train_set, val_set, cfg, device, label: str) -> dict:
     knn = cfg.knn
     backbone.to(device)
-    train_f, train_y = extract_features(backbone, train_set, knn.get("batch_size", 256), device)
-    val_f, val_y = extract_features(backbone, val_set, knn.get("batch_size", 256), device)
+    train_f, train_y = extract_features(backbone, train_set, knn.get("batch_size", 256), device,
+                                        desc=f"[knn] {label}: train features")
+    val_f, val_y = extract_features(backbone, val_set, knn.get("batch_size", 256), device,
+                                    desc=f"[knn] {label}: val features")
     return weighted_knn(train_f, train_y, val_f, val_y, ks=tuple(knn.k), temperature=knn.temperature,
                         query_chunk=knn.get("query_chunk", 1024))
 
@@ -65,12 +67,12 @@ def run_knn(cfg) -> dict:
         tracker.params({"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch})
         train_set, val_set = build_eval_dataset(cfg.data, "train"), build_eval_dataset(cfg.data, "val")
         t0 = time.perf_counter()
-        metrics = _evaluate(backbone, train_set, val_set, cfg, info.device)
+        metrics = _evaluate(backbone, train_set, val_set, cfg, info.device, "pretrained")
         print("[knn] pretrained: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "top1" in k),
               flush=True)
         if cfg.get("untrained", True):
             backbone.load_state_dict(untrained)
-            base = _evaluate(backbone, train_set, val_set, cfg, info.device)
+            base = _evaluate(backbone, train_set, val_set, cfg, info.device, "untrained")
             metrics.update({f"{k}_untrained": v for k, v in base.items()})
             print("[knn] untrained:  " + ", ".join(f"{k}={v:.4f}" for k, v in base.items() if "top1" in k),
                   flush=True)

@@ -16,17 +16,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..engine.distributed import is_dist
+from ..engine.progress import Progress
 from .kmeans import PrototypeTree
 
 GATHER_CHUNK_ROWS = 16384
 
 
 @torch.no_grad()
-def _embed_shard(method, dataset, lo: int, hi: int, batch_size: int, device) -> torch.Tensor:
+def _embed_shard(method, dataset, lo: int, hi: int, batch_size: int, device, show: bool) -> torch.Tensor:
     loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, shuffle=False)
     was_training = method.training
     method.eval()
-    parts = [F.normalize(method.forward_feature(images.to(device)).float(), dim=1) for images, _, _ in loader]
+    bar = Progress(len(loader), "clustering features", enabled=show, prefix="[pretrain] ")
+    parts = [F.normalize(method.forward_feature(images.to(device)).float(), dim=1) for images, _, _ in bar.wrap(loader)]
     method.train(was_training)
     return torch.cat(parts) if parts else torch.empty(0, method.inst_dim, device=device)
 
@@ -40,7 +42,7 @@ def gather_features(method, dataset, batch_size: int, device) -> tuple[np.ndarra
     rank = dist.get_rank() if is_dist() else 0
     per = math.ceil(n / world)
     lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
-    shard = _embed_shard(method, dataset, lo, hi, batch_size, device)
+    shard = _embed_shard(method, dataset, lo, hi, batch_size, device, show=rank == 0)
     if world == 1:
         feats = shard.cpu().numpy()
         return feats, feats.nbytes
