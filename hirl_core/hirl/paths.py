@@ -2,8 +2,8 @@
 
 For image i with level embeddings z^l (unit norm) and a path p = (c^1, …, c^L) of prototypes, the match
 score per level is s^l = (<z^l, c^l> + 1) / 2 and the path probability is the product over levels.
-The loss normalises z and the prototypes itself (as the seed's): a score is in [0, 1] only for unit
-vectors, and anything above 1 would make log(1 - s) NaN without a word.
+The loss normalises the prototypes itself, as the seed's does, and z as well: a score is in [0, 1] only
+for unit vectors, and one above 1 would make log(1 - s) NaN without a word.
 The loss is a binary cross-entropy: the image's own path against the mean over sampled negative paths
 that differ from it (true-negative mask); no softmax, no temperature. Prototypes are constants.
 """
