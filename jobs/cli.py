@@ -33,6 +33,36 @@ def _add_experiment_args(parser):
                         metavar="KEY=VALUE",
                         help="config override for every cell; '<stage>.key=v' for one stage, 'key=v' for "
                              "every stage that has the key, '+key=v' adds a key (repeatable)")
+    parser.add_argument("--overrides", dest="override_text", default="", metavar="'K=V K=V ...'",
+                        help="overrides in one string (make's SET=), split at spaces outside brackets and "
+                             "quotes: 'knn.k=[10, 20] optimizer.name=\"SGD w/ nesterov\"'; before any --set")
+
+
+_CLOSING = {"[": "]", "(": ")", "{": "}"}
+
+
+def split_overrides(text):
+    """``'knn.k=[10, 20] a="x y"'`` -> two overrides: split at whitespace outside brackets and quotes
+    (the quotes stay; the override grammar strips them), so a value with spaces is never cut."""
+    items, current, pending, quote = [], "", [], ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _CLOSING:
+            pending.append(_CLOSING[ch])
+        elif pending and ch == pending[-1]:
+            pending.pop()
+        elif ch.isspace() and not pending:
+            items, current = items + [current] if current else items, ""
+            continue
+        current += ch
+    if quote or pending:
+        missing = f"an unclosed {quote}" if quote else f"a missing {pending[-1]}"
+        raise ConfigError(f"bad overrides {text!r}: {missing}; expected key=value items separated by spaces, "
+                          f"a value with spaces inside brackets or quotes")
+    return items + [current] if current else items
 
 
 def _add_cell_arg(parser):
@@ -195,6 +225,8 @@ COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cli_runs.cmd_statu
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "override_text", ""):
+            args.overrides = split_overrides(args.override_text) + list(args.overrides)
         return COMMANDS[args.command](args)
     except INPUT_ERRORS as exc:
         print(f"hirl: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -198,5 +198,6 @@ def test_job_names_are_slugged_from_free_text(method):
 def test_make_submit_passes_the_site_to_the_backend():
     out = subprocess.run(["make", "-s", "-n", "-p", "submit", "EXP=demo", "BACKEND=slurm", "SITE=pyxis"],
                          cwd=HERE.parents[1], capture_output=True, text=True, timeout=60).stdout
-    assert "HIRL_SLURM_SITE := pyxis" in out
-    assert "-m jobs submit demo --backend slurm" in out
+    assert "HIRL_SLURM_SITE := pyxis" in out      # values reach hirl through the environment
+    assert "HIRL_MAKE_EXP := demo" in out and "HIRL_MAKE_BACKEND := slurm" in out
+    assert '-m jobs submit "$HIRL_MAKE_EXP"' in out and '--backend "$HIRL_MAKE_BACKEND"' in out
