@@ -1,9 +1,11 @@
 """DINO: CE with centering over cross-view pairs only, center EMA, temperature and momentum schedules,
 weight-normed last layer, frozen last layer, teacher EMA."""
 import numpy as np
+import pytest
 import torch
 
-from hirl_core.methods.dino import dino_loss, target_entropy, teacher_targets, updated_center, warmup_temperature
+from hirl_core.methods.dino import (WeightNormLinear, dino_loss, target_entropy, teacher_targets, updated_center,
+                                    warmup_temperature)
 
 from ._tiny import loss_drops_after_one_step, tiny_method, tiny_views
 
@@ -92,6 +94,44 @@ def test_last_layer_weight_norm_frozen_layer_and_teacher_ema():
     for t_old, s, t_new in zip(old, model.student.parameters(), model.backbone.parameters()):
         assert torch.allclose(t_new, 0.95 * t_old + 0.05 * s, atol=1e-6)
     assert model.forward_feature(views[0]).shape == (4, 8)
+
+
+def _graph_nodes(fn, seen=None):
+    seen = set() if seen is None else seen
+    if fn is not None and fn not in seen:
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            _graph_nodes(nxt, seen)
+    return seen
+
+
+@pytest.mark.parametrize("fix_norm", [True, False])
+def test_weight_norm_layer_equals_the_formula_through_one_fused_op(fix_norm):
+    torch.manual_seed(0)
+    layer = WeightNormLinear(16, 64, fix_norm=fix_norm)
+    if not fix_norm:
+        with torch.no_grad():
+            layer.weight_g.uniform_(0.5, 2.0)
+    # the layout of existing checkpoints: only V when g is fixed at 1, else g [d_out, 1] and V
+    assert {k: tuple(t.shape) for k, t in layer.state_dict().items()} == \
+        ({"weight_v": (64, 16)} if fix_norm else {"weight_g": (64, 1), "weight_v": (64, 16)})
+    v = layer.weight_v.detach().clone().requires_grad_()
+    g = torch.ones(64, 1) if fix_norm else layer.weight_g.detach().clone().requires_grad_()
+    x = torch.randn(5, 16, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out = layer(x)
+    ref = x_ref @ (g * v / v.pow(2).sum(dim=1, keepdim=True).sqrt()).T  # W = g · V/‖V‖, row-wise
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    ref.backward(grad_out)
+    torch.testing.assert_close(layer.weight_v.grad, v.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    if not fix_norm:
+        torch.testing.assert_close(layer.weight_g.grad, g.grad, rtol=1e-5, atol=1e-6)
+    # the backward is torch's fused weight-norm kernel, not a chain of element-wise ops over all of V
+    names = sorted(type(n).__name__ for n in _graph_nodes(out.grad_fn))
+    assert "WeightNormInterfaceBackward0" in names, names
 
 
 def test_one_step_lowers_the_loss():
