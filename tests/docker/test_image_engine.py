@@ -6,7 +6,6 @@ Build arguments come from HIRL_IMAGE_BUILD_ARGS (CI: the Debian base, faiss-cpu 
 the registry from HIRL_REGISTRY. Skipped without an engine, unless HIRL_REQUIRE_ENGINE=1 (CI) makes
 that a failure."""
 
-import glob
 import io
 import json
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from jobs import image
+
+from ..needs_data import fashion_mnist_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -132,9 +133,7 @@ def mlflow_server(tmp_path_factory):
 
 def test_a_tiny_pretrain_stage_runs_in_the_image_and_tags_its_run_with_the_digest(engine, pushed, mlflow_server):
     pinned = pushed[0]
-    data = os.environ.get("HIRL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
-    if not glob.glob(f"{data}/train-images*"):
-        pytest.skip("needs Debian's dataset-fashion-mnist (make test installs it)")
+    data = fashion_mnist_or_skip()
     config = "/opt/hirl/src/configs/pretrain/baseline/mocov2_demo.yaml"
     code, log = _run(engine, pinned, ["pretrain", "-c", config, "epochs=1", "batch_size=32", "data.train_subset=128",
                                       "method.queue_size=64", "backbone.width=8", "method.hidden_dim=32",

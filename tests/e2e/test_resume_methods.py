@@ -4,7 +4,6 @@ encoder, queues, centers, optimizer state and schedules all come back from the e
 per-epoch reseeding replays the interrupted epoch's augmentations and masks exactly.
 
 Real stage processes on real data (Fashion-MNIST), sized to a few seconds per run."""
-import glob
 import os
 import signal
 import subprocess
@@ -31,10 +30,7 @@ METHODS = {
                    "method.bottleneck_dim=16", "augment.local_crops=2"],
 }
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not glob.glob("/usr/share/datasets/fashion-mnist/train-images*")
-                                 and not os.environ.get("HIRL_FASHION_MNIST"),
-                                 reason="needs Debian's dataset-fashion-mnist (make test installs it)")]
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]  # HIRL_REQUIRE_DATA=1: missing data fails
 
 
 def _command(method, out):

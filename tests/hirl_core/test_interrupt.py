@@ -6,7 +6,6 @@ SQL store wraps every ``Exception`` raised inside its session into an MlflowExce
 signal hit the per-epoch metric write)."""
 from __future__ import annotations
 
-import glob
 import os
 import signal
 from pathlib import Path
@@ -50,9 +49,7 @@ def test_sigterm_inside_a_sql_store_write_stays_interrupted(tmp_path, monkeypatc
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
-@pytest.mark.skipif(not glob.glob("/usr/share/datasets/fashion-mnist/train-images*")
-                    and not os.environ.get("HIRL_FASHION_MNIST"),
-                    reason="needs Debian's dataset-fashion-mnist (make test installs it)")
+@pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails (tests/needs_data.py)
 def test_sigterm_right_after_a_checkpoint_still_logs_that_epoch(tmp_path, monkeypatch):
     """The checkpoint of epoch e and e's metrics land together: a resume starts after e, so metrics
     skipped here would never be logged (seen in CI: loss steps {0, 2, 3} after a resume)."""

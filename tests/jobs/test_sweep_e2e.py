@@ -3,7 +3,6 @@
 report, the report's numbers checked against MLflow. About two minutes on two CPU cores."""
 
 import csv
-import glob
 import os
 import shutil
 import subprocess
@@ -30,10 +29,7 @@ matrix:
   pretrain.epochs: [1, 2]
 """
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not glob.glob("/usr/share/datasets/fashion-mnist/train-images*")
-                                 and not os.environ.get("HIRL_FASHION_MNIST"),
-                                 reason="needs Debian's dataset-fashion-mnist (make test installs it)")]
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]  # HIRL_REQUIRE_DATA=1: missing data fails
 
 
 def _env(root):

@@ -5,7 +5,6 @@ Each test gets its own repo root under tmp_path: the configs, a site profile ``t
 is this interpreter, ``.venv`` linked to the checkout's, and a sqlite MLflow store on the shared
 filesystem (the dev cluster's nodes are this host, so the jobs reach it)."""
 
-import glob
 import os
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from ..needs_data import fashion_mnist_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = """\
@@ -35,18 +36,13 @@ KNN = """\
 """
 
 
-def _have_data():
-    return bool(glob.glob("/usr/share/datasets/fashion-mnist/train-images*") or os.environ.get("HIRL_FASHION_MNIST"))
-
-
 @pytest.fixture(scope="session")
 def cluster():
     """The running cluster's sinfo; skipped (with the reason) only when there is no SLURM at all."""
     if not os.environ.get("SLURM_CONF") or not shutil.which("sbatch"):
         pytest.skip("needs a SLURM cluster: SLURM_CONF is unset or sbatch is missing "
                     "(make dev-slurm-up, then export SLURM_CONF=/tmp/hirl-slurm/slurm.conf)")
-    if not _have_data():
-        pytest.skip("needs Debian's dataset-fashion-mnist (make test installs it)")
+    fashion_mnist_or_skip()  # HIRL_REQUIRE_DATA=1 (CI): missing data fails instead
     out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, f"SLURM_CONF is set but the cluster does not answer: {out.stderr}"
     return out.stdout
