@@ -104,7 +104,8 @@ def stub(tmp_path):
     (venv / "bin").mkdir(parents=True)
     python = venv / "bin" / "python"
     python.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                      "env = {k: v for k, v in os.environ.items() if k in ('HIRL_SLURM_SITE', 'HIRL_IMAGE_REPOSITORY')}\n"
+                      "keep = ('HIRL_SLURM_SITE', 'HIRL_IMAGE_REPOSITORY')\n"
+                      "env = {k: v for k, v in os.environ.items() if k in keep}\n"
                       "open(os.environ['RECORD'], 'a').write(json.dumps([sys.argv[1:], env]) + '\\n')\n")
     python.chmod(0o755)
     (venv / ".installed").touch()
