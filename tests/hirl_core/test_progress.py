@@ -2,7 +2,6 @@
 line per epoch, never tqdm's carriage-return frames (they made `log.txt` one endless repeated line)."""
 from __future__ import annotations
 
-import glob
 import io
 import os
 import re
@@ -87,9 +86,7 @@ def test_durations_read_like_a_clock():
     assert [duration(s) for s in (0, 9.6, 130, 3725, 90000)] == ["0s", "10s", "2m10s", "1h02m", "25h00m"]
 
 
-@pytest.mark.skipif(not glob.glob("/usr/share/datasets/fashion-mnist/train-images*")
-                    and not os.environ.get("HIRL_FASHION_MNIST"),
-                    reason="needs Debian's dataset-fashion-mnist (make test installs it)")
+@pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails (tests/needs_data.py)
 def test_a_pretraining_log_file_reads_one_line_per_epoch(tmp_path):
     log = tmp_path / "log.txt"
     cmd = [sys.executable, "-m", "hirl_core", "pretrain", "-c", str(REPO / "configs/pretrain/baseline/mocov2_demo.yaml"),
