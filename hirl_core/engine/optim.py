@@ -27,9 +27,8 @@ import math
 import torch
 
 from ..config import ConfigError
+from ..schema import OPTIMIZERS  # the names live with the config schema, which the orchestrator checks
 from .lars import LARS
-
-OPTIMIZERS = ("sgd", "adamw", "lars")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, exclude_1d: bool = True,
