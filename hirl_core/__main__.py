@@ -10,6 +10,7 @@ import os
 import sys
 
 from .config import ConfigError, load_config
+from .schema import check_stage_config
 
 STAGES = ("pretrain", "knn")
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub that cannot be reached
     try:
         cfg = load_config(args.config, args.overrides)
+        check_stage_config(cfg, args.stage)
         if args.stage == "pretrain":
             from .data import check_data
             check_data(cfg.data)

@@ -37,8 +37,8 @@ from hirl_core.config import MISSING, ConfigError, closest, get_dotted, parse_ov
 from . import resources as res
 from .dag import compile_cell, digest, format_value, wiring_lines
 from .errors import SpecError
-from .spec import (apply_user_overrides, available_experiments, check_image, check_name, experiment_from_data,
-                   find_spec, is_sweep, override_targets, read_spec, spec_name)
+from .spec import (apply_user_overrides, available_experiments, check_image, check_name, check_stage_values,
+                   experiment_from_data, find_spec, is_sweep, override_targets, read_spec, spec_name)
 
 METHOD_AXIS = "method"
 _NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
@@ -145,6 +145,12 @@ class _Row:
         stages = {sname: dataclasses.replace(spec, config=configs[sname]) for sname, spec in exp.stages.items()}
         if overrides:
             apply_user_overrides(stages, overrides)
+        if overrides or any(key != METHOD_AXIS for key in point):  # else the row's checked configs as they are
+            try:
+                check_stage_values(stages)
+            except ConfigError as exc:
+                label = " ".join(f"{k}={format_value(v)}" for k, v in params.items())
+                raise ConfigError(f"cell {label}: {exc}") from None
         cell_exp = dataclasses.replace(exp, name=name, stages=stages, overrides=tuple(overrides))
         cell = compile_cell(cell_exp)  # deep-copies every config it keeps
         cell.params = dict(params)

@@ -1,8 +1,8 @@
 """Experiment specs (``configs/experiments/<name>.yaml``) → validated, resolved objects.
 
 Everything a user can get wrong (a misspelt experiment, stage type, upstream or
-override key, a resource that is not a number, an unsafe name) is rejected here,
-before lineage or a backend creates anything. Each stage config is resolved through
+override key, a config value of the wrong type or range, a resource that is not a
+number, an unsafe name) is rejected here, before lineage or a backend creates anything. Each stage config is resolved through
 ``hirl_core.config``, which is torch-free. Matrix axes (sweeps) are expanded by
 ``jobs.matrix`` on top of what this module loads.
 
@@ -22,6 +22,8 @@ import yaml
 
 from hirl_core.config import (MISSING, Config, ConfigError, apply_overrides, closest, get_dotted, load_config,
                               parse_override)
+
+from hirl_core.schema import check_config
 
 from . import names, resources as res
 from .errors import SpecError
@@ -237,6 +239,15 @@ def apply_user_overrides(stages, overrides):
                 raise ConfigError(f"stage {name!r}: {exc}") from None
 
 
+def check_stage_values(stages):
+    """Refuse a value the config schema does not allow (``epochs=0``, ``device=tpu``), naming the stage."""
+    for stage in stages.values():
+        try:
+            check_config(stage.config, stage.type)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {stage.name!r}: {exc}") from None
+
+
 def read_spec(name_or_path, root="."):
     """(absolute path, path relative to root, raw mapping) of a spec; nothing resolved yet."""
     root = os.path.abspath(root)
@@ -311,6 +322,7 @@ def experiment_from_data(data, path, root, overrides=(), name=None, cache=None):
         except ConfigError as exc:
             raise ConfigError(f"stage {stage.name!r} ({stage.config_path}): {exc}") from None
     apply_user_overrides(stages, tuple(overrides))
+    check_stage_values(stages)
     resources = res.validate(data.get("resources"), f"{rel}: resources")
     baseline = _optional_text(data, "baseline", rel)
     if baseline:

@@ -1,5 +1,6 @@
 """Bad input: one clear line on stderr, exit code 2, and nothing created or tracked."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _run(argv, tmp_path, cwd=REPO):
@@ -33,6 +35,63 @@ def test_cli_rejects_bad_input_before_creating_anything(tmp_path, args, expected
     for text in expected:
         assert text in lines[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def _repo_copy(tmp_path):
+    """The configs in a root of their own, so that anything a command writes under outputs/ shows."""
+    root = tmp_path / "root"
+    shutil.copytree(REPO / "configs", root / "configs")
+    shutil.copy(FIXTURES / "bad_axis_sweep.yaml", root / "configs" / "experiments")
+    return root
+
+
+# (spec, --set overrides, what the one line must name: the key with its value, and what is allowed)
+BAD_VALUES = [
+    ("demo", ["pretrain.epochs=0"], ["epochs=0 is out of range", "an integer >= 1"]),
+    ("demo", ["epochs=-3"], ["epochs=-3 is out of range", "an integer >= 1"]),
+    ("demo", ["epochs=abc"], ["epochs='abc'", "an integer >= 1"]),
+    ("demo", ["epochs=2.5"], ["epochs=2.5", "an integer >= 1"]),
+    ("demo", ["optimizer.lr=None"], ["optimizer.lr=None", "a number > 0"]),
+    ("demo", ["batch_size=0"], ["batch_size=0 is out of range", "an integer >= 1"]),
+    ("demo", ["data.train_subset=-5"], ["data.train_subset=-5 is out of range", "null (all) or an integer >= 1"]),
+    ("demo", ["method.name=nope"], ["method.name='nope'", "mocov2, simsiam, swav, mocov3, dino, ibot"]),
+    ("demo", ["backbone.arch=resnet999"], ["backbone.arch='resnet999'", "resnet18", "vit_base"]),
+    ("demo", ["optimizer.name=sgdx"], ["optimizer.name='sgdx'", "(did you mean 'sgd'?)", "sgd, adamw, lars"]),
+    ("demo", ["precision=fp8"], ["precision='fp8'", "auto, fp32, bf16, fp16"]),
+    ("demo", ["device=tpu"], ["device='tpu'", "auto, cpu, cuda"]),
+    ("bad_axis_sweep", [], ["cell optimizer.lr=fast: ", "optimizer.lr='fast' has the wrong type", "a number > 0"]),
+]
+
+
+@pytest.mark.parametrize("verb", ["plan", "submit"])
+@pytest.mark.parametrize("spec, overrides, expected", BAD_VALUES,
+                         ids=[" ".join(case[1]) or case[0] for case in BAD_VALUES])
+def test_cli_refuses_a_value_the_schema_does_not_allow(tmp_path, verb, spec, overrides, expected):
+    root = _repo_copy(tmp_path)
+    res = _run(["-m", "jobs", verb, spec, *[a for o in overrides for a in ("--set", o)]], tmp_path, cwd=root)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hirl: error: "), res.stdout + res.stderr
+    assert "stage 'pretrain': " in lines[0], lines[0]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (root / "outputs").exists()
+
+
+@pytest.mark.parametrize("stage, config, overrides, expected", [
+    ("pretrain", "configs/pretrain/baseline/mocov2_demo.yaml", ["epochs=0"], "pretrain: epochs=0 is out of range"),
+    ("pretrain", "configs/pretrain/baseline/mocov2_demo.yaml", ["device=tpu"], "pretrain: device='tpu'"),
+    ("knn", "configs/downstream/knn/knn_demo.yaml", ["knn.k=[0,20]", "pretrained=x.pth", "+backbone.arch=resnet18"],
+     "knn: knn.k=[0, 20] is out of range"),
+])
+def test_a_stage_run_by_hand_refuses_the_same_values(tmp_path, stage, config, overrides, expected):
+    out = tmp_path / "out"
+    res = _run(["-m", "hirl_core", stage, "-c", config, *overrides, f"output_dir={out}"], tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hirl_core: error: {expected}"), res.stdout + res.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not out.exists()
 
 
 def test_knn_refuses_a_corrupt_checkpoint_in_one_line(tmp_path):

@@ -199,6 +199,14 @@ BAD = [
      "exclude #1 {'seed': 7} matches no cell"),
     ("mapping as a value", {"stages": _stages(), "matrix": {"seed": [{"a": 1}]}}, "values must be scalars or lists"),
     ("row that is a sweep", {"matrix": {"method": ["sweep"]}}, "row 'sweep' is itself a sweep"),
+    ("text in a numeric axis", {"stages": _stages(), "matrix": {"pretrain.epochs": [1, "two"]}},
+     "cell pretrain.epochs=two: stage 'pretrain': epochs='two' has the wrong type: must be an integer >= 1"),
+    ("bad value in a row's axis", {"matrix": {"method": ["row_a", "row_b"], "seed": [0, -1]}},
+     "cell method=row_a seed=-1: stage 'pretrain': seed=-1 is out of range: must be an integer >= 0"),
+    ("bad value in an include", {"stages": _stages(), "matrix": {"seed": [0]}, "include": [{"optimizer.lr": 0}]},
+     "cell optimizer.lr=0: stage 'pretrain': optimizer.lr=0 is out of range: must be a number > 0"),
+    ("bad name in an axis", {"stages": _stages(), "matrix": {"optimizer.name": ["sgd", "sgdx"]}},
+     "optimizer.name='sgdx' is not allowed (did you mean 'sgd'?): must be one of sgd, adamw, lars"),
 ]
 
 

@@ -63,14 +63,14 @@ def test_overrides_scope_by_stage_name_or_by_which_stages_have_the_key():
         "optimizer.lr=0.1",         # only the pretrain config has it
         "knn.temperature=0.5",      # 'knn' is a stage, but knn.temperature is a config key
         "knn.data.batch_size=64",   # stage-scoped, data exists in both stages
-        "data.dataset=other",       # both stages have it
+        "data.root=elsewhere",      # both stages have it
         "+extra=1",                 # added to every stage
         "+knn.only_here=2",         # added to one stage
     ])
     pre, knn = exp.stages["pretrain"].config, exp.stages["knn"].config
     assert pre.epochs == 5 and pre.optimizer.lr == 0.1
     assert knn.knn.temperature == 0.5 and knn.data.batch_size == 64 and pre.data.batch_size == 8
-    assert pre.data.dataset == knn.data.dataset == "other"
+    assert pre.data.root == knn.data.root == "elsewhere"
     assert pre.extra == knn.extra == 1
     assert knn.only_here == 2 and "only_here" not in pre
 
