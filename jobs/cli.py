@@ -18,7 +18,8 @@ from hirl_core.config import ConfigError
 
 from . import cli_runs, image, names
 from .backends import BackendError, Plan, available_backends, get_backend
-from .cli_common import INTERRUPTED_RC, USAGE_RC, check_cells_data, counts, load, print_rows, print_sweep, summary_line
+from .cli_common import (INTERRUPTED_RC, USAGE_RC, check_cells_data, counts, load, print_rows, print_sweep,
+                         runs_end_on_failure, summary_line)
 from .dag import OUTPUT_ROOT, assign_outputs
 from .matrix import format_sweep_plan
 from .spec import SpecError
@@ -172,26 +173,29 @@ def cmd_submit(args):
     else:
         print(f"experiment {sweep.name}, cell {cells[0].cell_id}: {len(cells[0].stages)} stages on {backend.name}",
               flush=True)
-    ref = lineage.SweepRef(sweep.sweep_id, lineage.ensure_sweep_run(sweep, backend, uri) if sweep.is_matrix else "")
-    if ref.run_id:
-        lineage.set_run_status(ref.run_id, "RUNNING", uri)
-    # Every cell's runs exist before anything runs: the UI shows the whole sweep, cancel can reach it.
-    all_runs = [lineage.ensure_chain(cell, backend, force=args.force, uri=uri, sweep=ref) for cell in cells]
-    if sweep.is_matrix and not args.force and all(r.status == "FINISHED" for runs in all_runs for r in runs.values()):
-        print(f"nothing new to run: all {len(cells)} cells are finished (FORCE=1 / --force reruns them)")
-    rc = 0
-    # A backend that queues work (SLURM) takes a sweep at once: same-shape stages become one job array.
-    batched = (backend.submit_many([Plan(c, r, uri, args.force) for c, r in zip(cells, all_runs)])
-               if sweep.is_matrix and hasattr(backend, "submit_many") else None)
-    for i, (cell, runs) in enumerate(zip(cells, all_runs), 1):
-        if sweep.is_matrix and batched is None:
-            print(f"\n== cell {i}/{len(cells)} {cell.cell_id[:8]}: {cell.label}", flush=True)
-        result = batched[i - 1] if batched is not None else backend.submit(Plan(cell, runs, uri, args.force))
-        lineage.end_chain(sweep.name, cell.cell_id, uri=uri, close_sweep=False)  # the sweep: below
-        if result.returncode == INTERRUPTED_RC:
-            rc = INTERRUPTED_RC
-            break
-        rc = rc or result.returncode
+    # From here on runs exist: whatever breaks leaves none of them waiting for nothing.
+    with runs_end_on_failure(sweep, cells, backend, uri):
+        ref = lineage.SweepRef(sweep.sweep_id, lineage.ensure_sweep_run(sweep, backend, uri) if sweep.is_matrix else "")
+        if ref.run_id:
+            lineage.set_run_status(ref.run_id, "RUNNING", uri)
+        # Every cell's runs exist before anything runs: the UI shows the whole sweep, cancel can reach it.
+        all_runs = [lineage.ensure_chain(cell, backend, force=args.force, uri=uri, sweep=ref) for cell in cells]
+        if sweep.is_matrix and not args.force and all(r.status == "FINISHED"
+                                                      for runs in all_runs for r in runs.values()):
+            print(f"nothing new to run: all {len(cells)} cells are finished (FORCE=1 / --force reruns them)")
+        rc = 0
+        # A backend that queues work (SLURM) takes a sweep at once: same-shape stages become one job array.
+        batched = (backend.submit_many([Plan(c, r, uri, args.force) for c, r in zip(cells, all_runs)])
+                   if sweep.is_matrix and hasattr(backend, "submit_many") else None)
+        for i, (cell, runs) in enumerate(zip(cells, all_runs), 1):
+            if sweep.is_matrix and batched is None:
+                print(f"\n== cell {i}/{len(cells)} {cell.cell_id[:8]}: {cell.label}", flush=True)
+            result = batched[i - 1] if batched is not None else backend.submit(Plan(cell, runs, uri, args.force))
+            lineage.end_chain(sweep.name, cell.cell_id, uri=uri, close_sweep=False)  # the sweep: below
+            if result.returncode == INTERRUPTED_RC:
+                rc = INTERRUPTED_RC
+                break
+            rc = rc or result.returncode
     if not sweep.is_matrix:
         cell = cells[0]
         chain = lineage.find_chain(sweep.name, cell.cell_id, uri=uri)

@@ -4,6 +4,8 @@ and the status tables (one cell's stages, a sweep's cells × stages, the closing
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
 
 from hirl_core.config import ConfigError
 
@@ -95,3 +97,25 @@ def summary_line(rows, uri):
         return ui
     return (f"KNN top-1 (k=20): pre-trained {100 * ours:.2f} %, untrained {100 * base:.2f} % "
             f"({100 * (ours - base):+.2f}) · {ui}")
+
+
+@contextmanager
+def runs_end_on_failure(sweep, cells, backend, uri):
+    """Whatever breaks a submission once its runs exist (sbatch refusing, a crash, Ctrl-C while jobs are
+    queued) leaves no run SCHEDULED or RUNNING that nothing will run: those turn FAILED (KILLED for
+    Ctrl-C) with the reason, their chains and sweep with them; work the backend still holds is left to
+    end by itself. The error then goes on to the caller (one line for a BackendError)."""
+    from . import lineage
+
+    try:
+        yield
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        reason = "interrupted" if interrupted else f"submission failed: {text}"
+        try:
+            keep = backend.live_runs(lineage.sweep_status(sweep.name, cells, uri), uri)
+            lineage.abandon(sweep, cells, keep, reason, "KILLED" if interrupted else "FAILED", uri)
+        except Exception as inner:  # noqa: BLE001 - the first error is the one to report
+            print(f"hirl: warning: could not settle the runs: {type(inner).__name__}: {inner}", file=sys.stderr)
+        raise

@@ -11,7 +11,8 @@ from hirl_core.config import closest
 
 from . import names
 from .backends import Handle, Plan, get_backend
-from .cli_common import DONE, INTERRUPTED_RC, check_cells_data, counts, load, print_rows, print_sweep
+from .cli_common import (DONE, INTERRUPTED_RC, check_cells_data, counts, load, print_rows, print_sweep,
+                         runs_end_on_failure)
 from .dag import OUTPUT_ROOT
 from .spec import SpecError
 
@@ -232,15 +233,21 @@ def cmd_retry(args):
     backends = {id(st): _backend_for(args, st) for st, _ in todo}
     if any(b.name == "local" for b in backends.values()):
         check_cells_data([st.cell for st, _ in todo])
+    existing = {id(st): lineage.existing_runs(st.cell, uri) for st, _ in todo}
+    for backend in {b.name: b for b in backends.values()}.values():  # the cluster answers, before anything
+        if hasattr(backend, "preflight"):
+            backend.preflight([Plan(st.cell, None, uri) for st, _ in todo
+                               if backends[id(st)].name == backend.name and existing[id(st)] is not None])
     rc = 0
     for st, only in todo:
-        runs = lineage.existing_runs(st.cell, uri)
+        runs = existing[id(st)]
         if runs is None:
             print(f"skip cell {st.cell.cell_id[:8]}: some stages have no run (hirl submit {args.experiment})")
             continue
         print(f"\n== retry cell {st.cell.cell_id[:8]} {st.cell.label}".rstrip() + f": {', '.join(sorted(only))}",
               flush=True)
-        result = backends[id(st)].submit(Plan(st.cell, runs, uri, False, only=only))
+        with runs_end_on_failure(sweep, [st.cell], backends[id(st)], uri):
+            result = backends[id(st)].submit(Plan(st.cell, runs, uri, False, only=only))
         lineage.end_chain(sweep.name, st.cell.cell_id, uri=uri, close_sweep=False)  # the sweep: below
         if result.returncode == INTERRUPTED_RC:
             return INTERRUPTED_RC

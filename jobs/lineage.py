@@ -381,6 +381,23 @@ def end_sweep(run_id, cell_statuses, uri=None):
     return final or "RUNNING"
 
 
+def abandon(sweep, cells, keep=(), reason="", state="FAILED", uri=None):
+    """After a submission broke with its runs created: every SCHEDULED or RUNNING stage run of ``cells``
+    that nothing will run (its id not in ``keep``: work a backend still holds) turns ``state`` with
+    ``hirl.reason``; then the chains and the sweep run are settled. The run ids it ended."""
+    ended = []
+    for st in sweep_status(sweep.name, cells, uri):
+        for row in st.rows:
+            if row.run_id and row.status in ("SCHEDULED", "RUNNING") and row.run_id not in keep:
+                set_tags(row.run_id, {"hirl.reason": reason[:500]}, uri)
+                set_run_status(row.run_id, state, uri)
+                ended.append(row.run_id)
+        if st.chain is not None:
+            end_chain(sweep.name, st.cell.cell_id, uri=uri, close_sweep=False)
+    settle_sweep(sweep, uri)
+    return ended
+
+
 def settle_sweep(sweep, uri=None, statuses=None):
     """Set a matrix sweep's run from its cells after cancel/retry (``statuses``: the whole sweep's
     ``sweep_status`` when the caller already has it). The sweep's status, or None without a sweep run."""

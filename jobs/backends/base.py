@@ -83,6 +83,11 @@ class Backend(ABC):
     def cancel(self, handles, uri=None) -> list:
         """Stop submitted stages that have not finished; return the handles it stopped or marked."""
 
+    def live_runs(self, statuses, uri=None) -> set:
+        """Run ids among ``statuses`` (jobs.lineage.CellStatus) whose work this backend still holds (a
+        queued job, a live process): after a broken submission those end by themselves."""
+        return set()
+
 
 # name -> "module:Class"; imported only when asked for.
 _REGISTRY = {"local": "jobs.backends.local:LocalBackend"}

@@ -218,6 +218,10 @@ class LocalBackend(Backend):
         return status
 
     # -- after the fact -------------------------------------------------------
+    def live_runs(self, statuses, uri=None):
+        return {r.run_id for st in statuses for r in st.rows if r.status == "RUNNING" and r.output_dir and
+                _stage_pid(Handle(r.stage, r.run_id, r.status, str(Path(st.cell.root, r.output_dir, "log.txt"))))}
+
     def status(self, handles):
         return {h.stage: lineage.run_status(h.run_id) for h in handles}
 

@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ from .. import lineage, names
 from ..entrypoint import StageCommand, int_or_zero
 from . import slurm_render as rnd
 from .base import Backend, BackendError, Handle, Submission
-from .slurm_query import FAILED_STATES, LIVE, query
+from .slurm_query import FAILED_STATES, LIVE, SlurmUnavailable, check_cluster, query
 
+
+
+_REPORTED = set()  # SLURM trouble status has already printed
 
 
 def _say(message):
@@ -181,14 +185,10 @@ class SlurmBackend(Backend):
 
     def preflight(self, plans):
         """Refuse, before any run is created, what would make sbatch fail or a job run the wrong code."""
-        import shutil
-
         for plan in plans:
             for stage in plan.cell.stages:
                 _require_pinned(self._prepare(plan, stage, "")[2])
-        if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise BackendError("sbatch/srun not found: submit from a SLURM login node, or start the dev cluster "
-                               "with `make dev-slurm-up`")
+        check_cluster()
 
     def _groups(self, items):
         """Items of one level grouped by job shape; a group of one is a plain job."""
@@ -302,7 +302,13 @@ class SlurmBackend(Backend):
         """{stage: scheduler state text}; also sets MLflow states the jobs could not set themselves."""
         uri = uri or lineage.tracking_uri()
         info = {h.stage: lineage.run_state(h.run_id, uri) for h in handles}
-        found = query([tags.get("hirl.job_id", "") for _s, tags in info.values() if tags.get("hirl.job_id")])
+        try:
+            found = query([tags.get("hirl.job_id", "") for _s, tags in info.values() if tags.get("hirl.job_id")])
+        except SlurmUnavailable as exc:  # MLflow's states stand alone; nothing is settled from no answer
+            if str(exc) not in _REPORTED:  # one line per command, not one per cell
+                _REPORTED.add(str(exc))
+                print(f"hirl: {exc}", file=sys.stderr, flush=True)
+            return {h.stage: "no answer" if info[h.stage][1].get("hirl.job_id") else "-" for h in handles}
         out = {}
         for h in handles:
             status, tags = info[h.stage]
@@ -323,6 +329,14 @@ class SlurmBackend(Backend):
             text = f"{state} ({reason})" if reason else state
             out[h.stage] = f"{text}: {why}" if why and state not in LIVE and state != "COMPLETED" else text
         return out
+
+    def live_runs(self, statuses, uri=None):
+        rows = [r for st in statuses for r in st.rows if r.job_id and r.status in ("SCHEDULED", "RUNNING")]
+        try:
+            found = query([r.job_id for r in rows])
+        except SlurmUnavailable:  # no answer: nothing is known to be queued
+            return set()
+        return {r.run_id for r in rows if r.job_id in found and found[r.job_id][0] in LIVE}
 
     def logs(self, handle, rank=None):
         """Rank ``rank``'s (default 0) stdout and stderr of the stage's latest job, all attempts."""
@@ -360,11 +374,14 @@ class SlurmBackend(Backend):
 
 
 def _sbatch(fn, what):
+    from submitit.core.utils import FailedJobError  # submitit's own wrapper of sbatch's non-zero exit
+
     try:
         return fn()
-    except subprocess.CalledProcessError as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or exc.output or "")
-        raise BackendError(f"sbatch refused {what}: {' '.join(str(err).split()) or exc}") from None
+    except (subprocess.CalledProcessError, FailedJobError) as exc:
+        err = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
+        err = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
+        raise BackendError(f"sbatch refused {what}: {' '.join(err.split()) or exc}") from None
 
 
 def _log_path(folder, jid, rank=0, suffix="out"):
