@@ -129,12 +129,30 @@ def measure_pair(base_config: str, hirl_config: str, batch: int, steps: int, war
             "views": views_shapes(sides["hirl"][2])}
 
 
-def run_isolated(config: str, overrides=(), use_hirl=False, batch=64, steps=5, warm=2, pair=None) -> dict:
-    """`measure` (or `measure_pair` against the HIRL config ``pair``) in a fresh process (its own peak memory)."""
+def measure_vs_seed_loop(config: str, overrides, batch: int, steps: int, warm: int) -> dict:
+    """hirl's engine step of a DINO config against the seed's loop on the same weights (seed_loops.py)."""
+    import torch
+
+    from hirl_core.config import load_config
+    from seed_loops import measure_vs_seed
+
+    dev = _device()
+    model, opt, views, _ = _build(config, overrides, False, batch, dev)
+    cfg = load_config(ROOT / config, overrides)
+    result = measure_vs_seed(cfg, model, opt, views, steps, warm, lambda: _sync(dev))
+    return {"config": config, "overrides": list(overrides), **result, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
+
+
+def run_isolated(config: str, overrides=(), use_hirl=False, batch=64, steps=5, warm=2, pair=None,
+                 vs_seed=False) -> dict:
+    """`measure` (or `measure_pair` against the HIRL config ``pair``, or `measure_vs_seed_loop`) in a
+    fresh process (its own peak memory)."""
     import subprocess
 
     argv = [sys.executable, str(Path(__file__)), config, "--batch", str(batch), "--steps", str(steps),
-            "--warm", str(warm), *(["--hirl"] if use_hirl else []), *(["--pair", pair] if pair else []), *overrides]
+            "--warm", str(warm), *(["--hirl"] if use_hirl else []), *(["--pair", pair] if pair else []),
+            *(["--vs-seed"] if vs_seed else []), *overrides]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     if res.returncode != 0:
@@ -151,8 +169,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--pair", metavar="HIRL_CONFIG", help="time CONFIG against this HIRL config, step by step")
+    p.add_argument("--vs-seed", action="store_true", help="time a DINO CONFIG against the seed's training loop")
     a = p.parse_intermixed_args()
-    if a.pair:
+    if a.vs_seed:
+        print(json.dumps(measure_vs_seed_loop(a.config, a.overrides, a.batch, a.steps, a.warm)))
+    elif a.pair:
         print(json.dumps(measure_pair(a.config, a.pair, a.batch, a.steps, a.warm)))
     else:
         print(json.dumps(measure(a.config, a.overrides, a.hirl, a.batch, a.steps, a.warm)))

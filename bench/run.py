@@ -192,13 +192,14 @@ def _slurm_submit_100(tmp: Path) -> dict:
 
 
 sys.path.insert(0, str(ROOT / "bench"))
-from science import bench_baselines, bench_hierarchical_kmeans, bench_hirl  # noqa: E402  (torch inside)
+from science import bench_baselines, bench_hierarchical_kmeans, bench_hirl, bench_seed_loops  # noqa: E402
 
 BENCHES = {"foundation": bench_foundation, "orchestrator": bench_orchestrator, "slurm_submit": bench_slurm_submit,
-           "baselines": bench_baselines, "hirl": bench_hirl, "hierarchical_kmeans": bench_hierarchical_kmeans}
+           "baselines": bench_baselines, "hirl": bench_hirl, "hierarchical_kmeans": bench_hierarchical_kmeans,
+           "seed_loops": bench_seed_loops}
 TORCH_FREE = {"orchestrator", "slurm_submit"}
 # Benches whose results are keys in another bench's file (merged into it, never overwriting it).
-MERGE_INTO = {"slurm_submit": "orchestrator", "hierarchical_kmeans": "hirl"}
+MERGE_INTO = {"slurm_submit": "orchestrator", "hierarchical_kmeans": "hirl", "seed_loops": "baselines"}
 
 
 def main() -> int:

@@ -24,6 +24,25 @@ def bench_baselines() -> dict:
     return out
 
 
+SEED_LOOP_CONFIG = "configs/pretrain/baseline/dino_vit_base_400eps.yaml"
+
+
+def bench_seed_loops() -> dict:
+    """hirl's DINO ViT-S/16 training step against the seed's loop (seed_loops.py: alternating steps in
+    one process, identical weights) at 112 px and 224 px, two global crops, last layer trained, batch
+    HIRL_BENCH_SEED_BATCH (default 4). Stored in baselines.json. HIRL_BENCH_SEED_SIZES=112 runs one size."""
+    batch = int(os.environ.get("HIRL_BENCH_SEED_BATCH", "4"))
+    sizes = [int(s) for s in os.environ.get("HIRL_BENCH_SEED_SIZES", "112,224").split(",")]
+    out = {}
+    for px in sizes:
+        overrides = ["backbone.arch=vit_small", f"backbone.image_size={px}", f"data.image_size={px}",
+                     "augment.local_crops=0", "method.freeze_last_layer=0"]
+        steps = 12 if px <= 112 else 6  # 224 px steps take ~4x as long on CPU
+        out[f"dino_vit_small_{px}px"] = run_isolated(SEED_LOOP_CONFIG, overrides, batch=batch, steps=steps, warm=2,
+                                                     vs_seed=True)
+    return out
+
+
 def _hkmeans(n: int, dim: int, ks, niter: int, nredo: int) -> dict:
     import numpy as np
 
