@@ -441,3 +441,29 @@ def _end_sweep_of(chain, uri=None):
     if len(states) >= int(sweep_run.data.tags.get("hirl.cells", "0")) and \
             not any(s in ("RUNNING", "SCHEDULED") for s in states):
         end_sweep(parent, states, uri)
+
+
+def end_orphaned_chain(experiment_name, cell_id, reason, uri=None):
+    """A local submitter died while a stage of this cell ran: no later stage of this chain, nor of the
+    chains of its sweep that never started, will run. Their SCHEDULED runs turn KILLED with ``reason``
+    (``hirl retry`` reruns them) and the chains and the sweep are closed."""
+    chain = find_chain(experiment_name, cell_id, uri)
+    if chain is None:
+        return
+    c = client(uri)
+    parent = chain.data.tags.get("mlflow.parentRunId")
+    chains = [chain]
+    if parent:
+        chains += [r for r in _search_all(c, chain.info.experiment_id, f"tags.`mlflow.parentRunId` = '{parent}' "
+                                          "and tags.`hirl.kind` = 'chain'") if r.info.run_id != chain.info.run_id]
+    for ch in chains:
+        if ch.info.status not in ("RUNNING", "SCHEDULED"):
+            continue
+        stages = _latest_stage_runs(c, ch.info.experiment_id, ch.info.run_id).values()
+        if ch is not chain and any(r.info.status == "RUNNING" for r in stages):
+            continue  # a stage of it is running: its own watcher settles it
+        for run in stages:
+            if run.info.status == "SCHEDULED":
+                set_tags(run.info.run_id, {"hirl.reason": reason}, uri)
+                set_run_status(run.info.run_id, "KILLED", uri)
+        end_chain(experiment_name, ch.data.tags.get("hirl.cell", ""), uri=uri)

@@ -5,10 +5,13 @@ run through ``MLFLOW_RUN_ID``; it marks its own run RUNNING/FINISHED/FAILED. Thi
 backend only fills in what a stage could not: a crash (FAILED), a signal or
 Ctrl-C (KILLED), or a clean exit that never closed its run (FINISHED).
 
-While a stage runs, ``<output_dir>/pid`` holds its process id (its own process group)
-and the run's tags ``hirl.job_id``/``hirl.attempt`` say which process and which start
-it is; ``hirl cancel`` from another shell uses them. A stage whose run turns KILLED
-while the submission is under way (cancelled) is not started.
+Each stage runs under ``jobs.backends.local_watch`` in a session of its own, writing its log
+file itself; the submitter tails that file to the terminal, so the stage outlives a submitter that
+dies (and then the watcher settles the runs). While a stage runs, ``<output_dir>/pid`` holds the
+watcher's process id (its process group: watcher and stage) and the run's tags
+``hirl.job_id``/``hirl.attempt`` say which process and which start it is; ``hirl cancel`` from
+another shell uses them. A stage whose run turns KILLED while the submission is under way
+(cancelled) is not started.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ class LocalBackend(Backend):
         # command_for(stage) -> argv replaces the hirl_core command (tests, custom launchers).
         self.command_for = command_for
         self.grace_s = grace_s  # how long a stage may take to checkpoint after SIGTERM
-        self._proc = None
 
     # -- what would run -------------------------------------------------------
     def nproc(self, plan, stage=None):
@@ -158,31 +160,33 @@ class LocalBackend(Backend):
         was = "" if status == "SCHEDULED" else f", was {status}"
         _say(f"run {stage.name} (run {run_id}{was}): {shlex.join(argv)}")
         interrupted = False
-        pid_file = out / PID_FILE
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, env.get("PYTHONPATH", "")) if p)
+        watch = [sys.executable, "-m", "jobs.backends.local_watch", "--pid-file", str(out / PID_FILE),
+                 "--submitter", str(os.getpid()), "--experiment", plan.cell.experiment, "--cell", plan.cell.cell_id,
+                 "--"] + argv
         with open(log_path, "ab") as log:  # append: a resumed stage keeps its earlier attempts
-            # Own session: Ctrl-C reaches only us, and we stop the whole group (torchrun + workers).
-            proc = subprocess.Popen(argv, cwd=plan.cell.root, env=env, stdout=subprocess.PIPE,
+            shown = [log.tell()]  # how far the terminal has seen the log
+            # The stage writes into its log itself, never into a pipe of ours: it outlives this process
+            # (a closed terminal) under its watcher, in its own session, where Ctrl-C reaches only us
+            # and we stop the whole group (watcher, torchrun and workers).
+            proc = subprocess.Popen(watch, cwd=plan.cell.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-            self._proc = proc
-            try:
-                _write_atomic(pid_file, f"{proc.pid}\n")
-                lineage.set_tags(run_id, {"hirl.job_id": str(proc.pid), "hirl.attempt": str(attempt)},
-                                 plan.tracking_uri)
-                # RUNNING from the start (the stage says so too once it is up): a resumed FAILED or
-                # KILLED run is then judged by this attempt's exit, and `hirl cancel` finds it.
-                lineage.set_run_status(run_id, "RUNNING", plan.tracking_uri)
-                _pump(proc.stdout, log)
-                proc.wait()
-            except KeyboardInterrupt:
-                interrupted = True
-                _say(f"\ninterrupted: stopping {stage.name} (SIGTERM, then up to {self.grace_s:g} s)")
+        try:
+            lineage.set_tags(run_id, {"hirl.job_id": str(proc.pid), "hirl.attempt": str(attempt)},
+                             plan.tracking_uri)
+            # RUNNING from the start (the stage says so too once it is up): a resumed FAILED or
+            # KILLED run is then judged by this attempt's exit, and `hirl cancel` finds it.
+            lineage.set_run_status(run_id, "RUNNING", plan.tracking_uri)
+            _tail(log_path, shown, proc)
+        except KeyboardInterrupt:
+            interrupted = True
+            _say(f"\ninterrupted: stopping {stage.name} (SIGTERM, then up to {self.grace_s:g} s)")
+            self._terminate(proc)
+            _tail(log_path, shown, proc)  # what the stage says while it stops
+        finally:
+            if proc.poll() is None:  # an error above while the stage still runs: do not orphan it
                 self._terminate(proc)
-            finally:
-                proc.stdout.close()
-                self._proc = None
-                if proc.poll() is None:  # an error above while the stage still runs: do not orphan it
-                    self._terminate(proc)
-                pid_file.unlink(missing_ok=True)
+            (out / PID_FILE).unlink(missing_ok=True)
         code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
         state = self._reconcile(run_id, code, interrupted, plan.tracking_uri)
         _say(f"{'done' if state == 'FINISHED' else 'stop'} {stage.name}: {state} (exit code {code}, "
@@ -251,8 +255,6 @@ class LocalBackend(Backend):
             if lineage.run_status(h.run_id, uri) == "SCHEDULED":
                 lineage.set_run_status(h.run_id, "KILLED", uri)
                 acted.append(h)
-        if self._proc is not None and self._proc.poll() is None:  # our own foreground stage
-            self._terminate(self._proc)
         # A submit that read SCHEDULED just before we marked it may still start that stage: look
         # again until a round finds no running stage left to stop.
         signalled = set()
@@ -286,16 +288,11 @@ class LocalBackend(Backend):
 
 
 PID_FILE = "pid"
+_CHECKOUT = str(Path(__file__).resolve().parents[2])  # where `jobs` is imported from: the watcher's too
 
 
 def _stays(status):
     return "stays SCHEDULED" if status == "SCHEDULED" else f"is {status}"
-
-
-def _write_atomic(path, text):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _stage_pid(handle):
@@ -347,19 +344,24 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _pump(source, log):
-    """Copy the child's output to the terminal and the log as it comes (progress bars too)."""
+def _tail(path, shown, proc, every_s=0.2):
+    """Copy what the stage appends to its log to the terminal until it exits (progress bars too);
+    ``shown[0]``: the offset the terminal has seen. Reading the file, not a pipe, leaves the stage free."""
     sink = getattr(sys.stdout, "buffer", None)
-    while True:
-        chunk = source.read1(65536)
-        if not chunk:
-            return
-        log.write(chunk)
-        log.flush()
-        if sink is not None:
-            sys.stdout.flush()  # our own text written before must come out first
-            sink.write(chunk)
-            sink.flush()
-        else:
-            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-            sys.stdout.flush()
+    with open(path, "rb") as f:
+        while True:
+            done = proc.poll() is not None
+            f.seek(shown[0])
+            chunk = f.read()
+            shown[0] += len(chunk)
+            if chunk:
+                if sink is not None:
+                    sys.stdout.flush()  # our own text written before must come out first
+                    sink.write(chunk)
+                    sink.flush()
+                else:
+                    sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                    sys.stdout.flush()
+            if done:
+                return
+            time.sleep(every_s)

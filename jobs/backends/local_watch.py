@@ -1,0 +1,100 @@
+"""The local backend's stage watcher: the process a local stage runs under, in the stage's own session.
+
+    python -m jobs.backends.local_watch --pid-file P --submitter PID --experiment E --cell C -- ARGV...
+
+It writes its pid file (the group ``hirl cancel`` signals: it and the stage), starts ``ARGV`` with its
+output straight into the stage's ``log.txt`` (never into a pipe of the submitter, so a stage outlives
+a closed terminal or an OOM-killed shell instead of dying of SIGPIPE at its next print), waits, and
+removes the pid file. A live submitter settles the run and starts what comes next. A gone one (this
+process was re-parented) cannot: the watcher sets the run's final state where the stage could not,
+turns the chain's stages that will never start KILLED with the reason (those of the sweep's chains
+that never started too) and closes the chains and the sweep, so their states stay true.
+SIGTERM/SIGINT/SIGHUP reach the stage through the process group; the watcher only notes them and
+waits. It exits as the stage did (the same code, or the same signal), so the submitter sees the
+stage's own exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ORPHANED = ("the submitting process ended before this stage could start; "
+            "`hirl retry` (make retry) runs it")
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog="python -m jobs.backends.local_watch")
+    p.add_argument("--pid-file", required=True)
+    p.add_argument("--submitter", type=int, required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--cell", required=True)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        p.error("no stage command after --")
+    return args
+
+
+def final_state(code, interrupted):
+    """The run's state from the stage's exit, where the stage left it SCHEDULED or RUNNING."""
+    if interrupted or code < 0:
+        return "KILLED"
+    return "FAILED" if code else "FINISHED"  # a clean exit is success even if the stage never closed its run
+
+
+def settle(run_id, code, interrupted, uri=None):
+    """Set the run's final state where the stage process could not; the state it ends in."""
+    from .. import lineage
+
+    status = lineage.run_status(run_id, uri)
+    if status in ("SCHEDULED", "RUNNING"):
+        status = final_state(code, interrupted)
+        lineage.set_run_status(run_id, status, uri)
+    return status
+
+
+def main(argv=None):
+    args = _args(sys.argv[1:] if argv is None else argv)
+    interrupted = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the stage gets them too (same group)
+        signal.signal(sig, lambda signum, frame: interrupted.append(signum))
+    tmp = Path(args.pid_file + ".tmp")  # our pid: the group `hirl cancel` signals (us and the stage)
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, args.pid_file)
+    try:
+        proc = subprocess.Popen(args.command, stdin=subprocess.DEVNULL)  # stdout/stderr: ours, the log file
+    except OSError as exc:
+        Path(args.pid_file).unlink(missing_ok=True)
+        print(f"[hirl] cannot start the stage: {exc}", file=sys.stderr, flush=True)
+        return 127
+    code = proc.wait()  # a noted signal does not end the wait (PEP 475)
+    Path(args.pid_file).unlink(missing_ok=True)
+    run_id = os.environ.get("MLFLOW_RUN_ID", "")
+    try:
+        # A live submitter settles the run itself (and starts what comes next); only an orphaned stage
+        # pays for importing MLflow here.
+        if run_id and os.getppid() != args.submitter:
+            from .. import lineage
+
+            settle(run_id, code, bool(interrupted))
+            lineage.end_orphaned_chain(args.experiment, args.cell, ORPHANED)
+    except Exception as exc:  # noqa: BLE001 - the stage's own exit matters more than a tracking hiccup
+        print(f"[hirl] warning: MLflow: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code < 0:  # die of the same signal, so the submitter reads the stage's own -N
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
