@@ -124,7 +124,7 @@ def run_pretrain(cfg) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "config.yaml").exists():
             dump_config(cfg, out / "config.yaml")
-    tracker = Tracker(info.is_main)
+    tracker = Tracker(info.is_main, spool_dir=out)  # a tracking outage waits in out/, never stops training
     if tracker.active:
         tracker.artifact(str(out / "config.yaml"))
         if start_epoch == 0:

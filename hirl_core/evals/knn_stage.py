@@ -61,7 +61,7 @@ def run_knn(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "config.yaml").exists():
         dump_config(cfg, out / "config.yaml")
-    tracker = Tracker(True)
+    tracker = Tracker(True, spool_dir=out)
     try:
         tracker.artifact(str(out / "config.yaml"))
         tracker.params({"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch})
