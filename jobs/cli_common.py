@@ -105,7 +105,7 @@ def runs_end_on_failure(sweep, cells, backend, uri):
     queued) leaves no run SCHEDULED or RUNNING that nothing will run: those turn FAILED (KILLED for
     Ctrl-C) with the reason, their chains and sweep with them; work the backend still holds is left to
     end by itself. The error then goes on to the caller (one line for a BackendError)."""
-    from . import lineage
+    from . import lineage, lineage_end
 
     try:
         yield
@@ -115,7 +115,7 @@ def runs_end_on_failure(sweep, cells, backend, uri):
         reason = "interrupted" if interrupted else f"submission failed: {text}"
         try:
             keep = backend.live_runs(lineage.sweep_status(sweep.name, cells, uri), uri)
-            lineage.abandon(sweep, cells, keep, reason, "KILLED" if interrupted else "FAILED", uri)
+            lineage_end.abandon(sweep, cells, keep, reason, "KILLED" if interrupted else "FAILED", uri)
         except Exception as inner:  # noqa: BLE001 - the first error is the one to report
             print(f"hirl: warning: could not settle the runs: {type(inner).__name__}: {inner}", file=sys.stderr)
         raise

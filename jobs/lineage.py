@@ -61,6 +61,28 @@ def tracking_uri():
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(DEFAULT_DB)}"
 
 
+def check_tracking(uri=None):
+    """An http(s) tracking server must answer now, in one quick request: MLflow's own client would retry
+    a dead one for minutes and then raise a long traceback, after some runs or jobs may already exist."""
+    import urllib.error
+    import urllib.request
+
+    from .errors import SpecError
+
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    timeout = float(os.environ.get("HIRL_TRACKING_PROBE_TIMEOUT_S") or 5)
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy may refuse /health)
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise SpecError(f"the tracking server MLFLOW_TRACKING_URI={uri} does not answer ({why}); start it "
+                        f"(make tracking-up) or point MLFLOW_TRACKING_URI at one that runs") from None
+
+
 def sqlite_path(uri=None):
     """The database file of a ``sqlite:///`` URI, else None."""
     uri = uri or tracking_uri()
@@ -381,23 +403,6 @@ def end_sweep(run_id, cell_statuses, uri=None):
     return final or "RUNNING"
 
 
-def abandon(sweep, cells, keep=(), reason="", state="FAILED", uri=None):
-    """After a submission broke with its runs created: every SCHEDULED or RUNNING stage run of ``cells``
-    that nothing will run (its id not in ``keep``: work a backend still holds) turns ``state`` with
-    ``hirl.reason``; then the chains and the sweep run are settled. The run ids it ended."""
-    ended = []
-    for st in sweep_status(sweep.name, cells, uri):
-        for row in st.rows:
-            if row.run_id and row.status in ("SCHEDULED", "RUNNING") and row.run_id not in keep:
-                set_tags(row.run_id, {"hirl.reason": reason[:500]}, uri)
-                set_run_status(row.run_id, state, uri)
-                ended.append(row.run_id)
-        if st.chain is not None:
-            end_chain(sweep.name, st.cell.cell_id, uri=uri, close_sweep=False)
-    settle_sweep(sweep, uri)
-    return ended
-
-
 def settle_sweep(sweep, uri=None, statuses=None):
     """Set a matrix sweep's run from its cells after cancel/retry (``statuses``: the whole sweep's
     ``sweep_status`` when the caller already has it). The sweep's status, or None without a sweep run."""
@@ -442,28 +447,3 @@ def _end_sweep_of(chain, uri=None):
             not any(s in ("RUNNING", "SCHEDULED") for s in states):
         end_sweep(parent, states, uri)
 
-
-def end_orphaned_chain(experiment_name, cell_id, reason, uri=None):
-    """A local submitter died while a stage of this cell ran: no later stage of this chain, nor of the
-    chains of its sweep that never started, will run. Their SCHEDULED runs turn KILLED with ``reason``
-    (``hirl retry`` reruns them) and the chains and the sweep are closed."""
-    chain = find_chain(experiment_name, cell_id, uri)
-    if chain is None:
-        return
-    c = client(uri)
-    parent = chain.data.tags.get("mlflow.parentRunId")
-    chains = [chain]
-    if parent:
-        chains += [r for r in _search_all(c, chain.info.experiment_id, f"tags.`mlflow.parentRunId` = '{parent}' "
-                                          "and tags.`hirl.kind` = 'chain'") if r.info.run_id != chain.info.run_id]
-    for ch in chains:
-        if ch.info.status not in ("RUNNING", "SCHEDULED"):
-            continue
-        stages = _latest_stage_runs(c, ch.info.experiment_id, ch.info.run_id).values()
-        if ch is not chain and any(r.info.status == "RUNNING" for r in stages):
-            continue  # a stage of it is running: its own watcher settles it
-        for run in stages:
-            if run.info.status == "SCHEDULED":
-                set_tags(run.info.run_id, {"hirl.reason": reason}, uri)
-                set_run_status(run.info.run_id, "KILLED", uri)
-        end_chain(experiment_name, ch.data.tags.get("hirl.cell", ""), uri=uri)

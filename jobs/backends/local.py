@@ -16,6 +16,7 @@ another shell uses them. A stage whose run turns KILLED while the submission is 
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import shlex
@@ -30,6 +31,7 @@ from hirl_core.config import dump_config, dumps_config
 
 from .. import lineage
 from ..entrypoint import int_or_zero
+from . import local_watch
 from .base import INTERRUPTED_RC, Backend, BackendError, Handle, Submission
 
 PENDING = ("SCHEDULED", "RUNNING")
@@ -161,9 +163,10 @@ class LocalBackend(Backend):
         _say(f"run {stage.name} (run {run_id}{was}): {shlex.join(argv)}")
         interrupted = False
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_CHECKOUT, env.get("PYTHONPATH", "")) if p)
+        env[local_watch.ARGV_VAR] = json.dumps(argv)
         watch = [sys.executable, "-m", "jobs.backends.local_watch", "--pid-file", str(out / PID_FILE),
-                 "--submitter", str(os.getpid()), "--experiment", plan.cell.experiment, "--cell", plan.cell.cell_id,
-                 "--"] + argv
+                 "--submitter", str(os.getpid()), "--experiment", plan.cell.experiment, "--cell", plan.cell.cell_id]
+        (out / PID_FILE).unlink(missing_ok=True)  # one a killed watcher left: not this attempt's
         with open(log_path, "ab") as log:  # append: a resumed stage keeps its earlier attempts
             shown = [log.tell()]  # how far the terminal has seen the log
             # The stage writes into its log itself, never into a pipe of ours: it outlives this process
@@ -172,8 +175,8 @@ class LocalBackend(Backend):
             proc = subprocess.Popen(watch, cwd=plan.cell.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            lineage.set_tags(run_id, {"hirl.job_id": str(proc.pid), "hirl.attempt": str(attempt)},
-                             plan.tracking_uri)
+            lineage.set_tags(run_id, {"hirl.job_id": str(_wait_for_stage_pid(out / PID_FILE, proc) or proc.pid),
+                                      "hirl.attempt": str(attempt)}, plan.tracking_uri)
             # RUNNING from the start (the stage says so too once it is up): a resumed FAILED or
             # KILLED run is then judged by this attempt's exit, and `hirl cancel` finds it.
             lineage.set_run_status(run_id, "RUNNING", plan.tracking_uri)
@@ -293,6 +296,18 @@ _CHECKOUT = str(Path(__file__).resolve().parents[2])  # where `jobs` is imported
 
 def _stays(status):
     return "stays SCHEDULED" if status == "SCHEDULED" else f"is {status}"
+
+
+def _wait_for_stage_pid(pid_file, watcher, timeout=30.0):
+    """The stage's pid from the watcher's pid file ("<group> <stage>"), once it is written; None if the
+    watcher ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and watcher.poll() is None:
+        try:
+            return int(pid_file.read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            time.sleep(0.02)
+    return None
 
 
 def _stage_pid(handle):

@@ -1,8 +1,13 @@
 """The local backend's stage watcher: the process a local stage runs under, in the stage's own session.
 
-    python -m jobs.backends.local_watch --pid-file P --submitter PID --experiment E --cell C -- ARGV...
+    HIRL_STAGE_ARGV='["python", "-m", "hirl_core", ...]' \
+    python -m jobs.backends.local_watch --pid-file P --submitter PID --experiment E --cell C
 
-It writes its pid file (the group ``hirl cancel`` signals: it and the stage), starts ``ARGV`` with its
+The stage's argv travels in the environment, not on this command line: whoever looks for the stage
+process by its command line (``pgrep -f hirl_core``) finds the stage, not its watcher.
+
+It writes its pid file (``<group> <stage pid>``: ``hirl cancel`` signals the group, the watcher and the
+stage; the stage's pid is the run's ``hirl.job_id``), starts the stage with its
 output straight into the stage's ``log.txt`` (never into a pipe of the submitter, so a stage outlives
 a closed terminal or an OOM-killed shell instead of dying of SIGPIPE at its next print), waits, and
 removes the pid file. A live submitter settles the run and starts what comes next. A gone one (this
@@ -17,12 +22,14 @@ stage's own exit.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+ARGV_VAR = "HIRL_STAGE_ARGV"
 ORPHANED = ("the submitting process ended before this stage could start; "
             "`hirl retry` (make retry) runs it")
 
@@ -33,12 +40,13 @@ def _args(argv):
     p.add_argument("--submitter", type=int, required=True)
     p.add_argument("--experiment", required=True)
     p.add_argument("--cell", required=True)
-    p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    if args.command[:1] == ["--"]:
-        args.command = args.command[1:]
+    try:
+        args.command = [str(a) for a in json.loads(os.environ.pop(ARGV_VAR, ""))]
+    except ValueError:
+        args.command = []
     if not args.command:
-        p.error("no stage command after --")
+        p.error(f"{ARGV_VAR} must hold the stage's argv as a JSON list")
     return args
 
 
@@ -65,15 +73,14 @@ def main(argv=None):
     interrupted = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the stage gets them too (same group)
         signal.signal(sig, lambda signum, frame: interrupted.append(signum))
-    tmp = Path(args.pid_file + ".tmp")  # our pid: the group `hirl cancel` signals (us and the stage)
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, args.pid_file)
     try:
         proc = subprocess.Popen(args.command, stdin=subprocess.DEVNULL)  # stdout/stderr: ours, the log file
     except OSError as exc:
-        Path(args.pid_file).unlink(missing_ok=True)
         print(f"[hirl] cannot start the stage: {exc}", file=sys.stderr, flush=True)
         return 127
+    tmp = Path(args.pid_file + ".tmp")
+    tmp.write_text(f"{os.getpid()} {proc.pid}\n")
+    os.replace(tmp, args.pid_file)
     code = proc.wait()  # a noted signal does not end the wait (PEP 475)
     Path(args.pid_file).unlink(missing_ok=True)
     run_id = os.environ.get("MLFLOW_RUN_ID", "")
@@ -81,10 +88,10 @@ def main(argv=None):
         # A live submitter settles the run itself (and starts what comes next); only an orphaned stage
         # pays for importing MLflow here.
         if run_id and os.getppid() != args.submitter:
-            from .. import lineage
+            from .. import lineage_end
 
             settle(run_id, code, bool(interrupted))
-            lineage.end_orphaned_chain(args.experiment, args.cell, ORPHANED)
+            lineage_end.end_orphaned_chain(args.experiment, args.cell, ORPHANED)
     except Exception as exc:  # noqa: BLE001 - the stage's own exit matters more than a tracking hiccup
         print(f"[hirl] warning: MLflow: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     sys.stdout.flush()

@@ -275,7 +275,8 @@ def test_cancel_stops_a_running_sweep_from_another_process(root, capsys):
             time.sleep(0.2)
         row = lineage.sweep_status("sweep", [first])[0].rows[0]
         pid = int(row.job_id)
-        assert (root / row.output_dir / "pid").read_text().strip() == str(pid)
+        group, stage_pid = (root / row.output_dir / "pid").read_text().split()  # the watcher's group, the stage
+        assert stage_pid == str(pid) and os.getpgid(pid) == int(group)
         assert cli.main(["cancel", "sweep"]) == 0
         out, _ = driver.communicate(timeout=60)
     finally:
