@@ -162,6 +162,7 @@ def cmd_submit(args):
     if backend.name == "local":
         check_cells_data(sweep.cells)
     uri = lineage.tracking_uri()
+    lineage.check_tracking(uri)  # seconds, not MLflow's minutes of retries, and before anything exists
     for cell in sweep.cells:  # preflight: backend settings, before creating runs
         backend.render(Plan(assign_outputs(cell), None, uri))
     if hasattr(backend, "preflight"):  # what only a real submission needs (SLURM: an image digest, sbatch)
