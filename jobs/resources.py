@@ -143,6 +143,13 @@ def _tolerations(v, where):
             _nonneg_int(tol["tolerationSeconds"], f"{at}.tolerationSeconds")
 
 
+def _choice(*allowed):
+    def check(v, where):
+        if v not in allowed:
+            raise SpecError(f"{where} must be one of {', '.join(allowed)}, got {v!r}")
+    return check
+
+
 def _bool(v, where):
     if not isinstance(v, bool):
         raise SpecError(f"{where} must be true or false, got {v!r}")
@@ -157,7 +164,11 @@ SCHEMA = {
               # tasks (= torch ranks) per node when not one per GPU (CPU jobs); a whole node to itself
               "ntasks_per_node": _pos_int, "exclusive": _bool},
     "k8s": {**COMMON, "gpu_pool": _label_value, "tolerations": _tolerations, "queue": _dns_label,
-            "namespace": _dns_label, "priority_class": _dns_label, "image": _image},
+            "namespace": _dns_label, "priority_class": _dns_label, "image": _image,
+            # jobset: JobSet with gang restarts; indexed-job: batch/v1 Indexed Job + headless Service
+            "workload": _choice("jobset", "indexed-job"), "max_restarts": _nonneg_int,
+            "grace_period_s": _nonneg_int, "shm_size": _mem, "data_pvc": _dns_label, "checkpoint_pvc": _dns_label,
+            "mlflow_configmap": _dns_label, "mlflow_secret": _dns_label, "service_account": _dns_label},
 }
 
 

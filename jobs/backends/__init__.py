@@ -6,3 +6,4 @@ __all__ = ["Backend", "BackendError", "Handle", "Plan", "Submission", "available
            "register_backend"]
 
 register_backend("slurm", "jobs.backends.slurm:SlurmBackend")  # submitit; imported only when asked for
+register_backend("k8s", "jobs.backends.k8s:K8sBackend")  # the kubernetes client; likewise

@@ -1,0 +1,335 @@
+"""Pure parts of the Kubernetes backend: the manifests of one submission as plain dicts and YAML.
+
+A submission is one Argo ``Workflow`` whose DAG creates, per cell, a ConfigMap with the stage
+configs and then one workload per stage in dependency order (sweep cells are independent chains
+in the same DAG, so they run side by side). A stage's workload is a ``JobSet`` (one replicated job
+of ``nodes`` indexed pods, DNS hostnames so pod 0 is the c10d rendezvous, gang restarts through
+``failurePolicy.maxRestarts``) or, with ``resources.k8s.workload: indexed-job``, a batch/v1 Indexed
+Job plus the headless Service that gives pod 0 its name.
+
+Everything here is a function of its arguments: no clock, no cluster, no environment, so
+``hirl plan --backend k8s --out DIR`` is golden-testable. User text never becomes a name or label
+raw (``jobs.names`` slugs it); configs travel as ConfigMap data. No secret is ever rendered: the
+tracking URI and its credentials come from a ConfigMap and a Secret by reference (``valueFrom``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from hirl_core.config import dumps_config
+
+from .. import names, resources as res
+from .base import BackendError
+from .slurm_render import stage_env
+
+JOBSET_API = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+WORKFLOW_API = ("argoproj.io", "v1alpha1", "workflows")
+MANAGED_BY = {"app.kubernetes.io/managed-by": "hirl"}
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+POOL_LABEL = "hirl/gpu-pool"            # the node label a GPU pool's nodes carry (k8s/README.md)
+REPLICATED_JOB = "node"                 # one pod per node
+RDZV_PORT = 29500
+WORKDIR = "/workspace"                  # the image's WORKDIR; outputs/ below it is the checkpoint PVC
+CONFIG_DIR = "/etc/hirl"
+DATA_DIR = "/data"
+DEFAULTS = {"namespace": "hirl", "workload": "jobset", "max_restarts": 3, "grace_period_s": 300,
+            "shm_size": "16G", "data_pvc": "hirl-data", "checkpoint_pvc": "hirl-outputs",
+            "mlflow_configmap": "hirl-mlflow", "mlflow_secret": "hirl-mlflow-auth",
+            "service_account": "hirl-workflow"}
+CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@dataclass
+class StageJob:
+    """One stage as the Workflow creates it."""
+    cell: object             # jobs.dag.Cell, output dirs assigned
+    stage: object            # jobs.dag.Stage
+    run_id: str
+    options: dict            # resources.effective(..., "k8s") for this stage
+    image: str
+    after: str = ""          # the upstream stage when it is created by this Workflow too
+    attempt_base: int = 0
+    submission: str = ""     # set by ``workflow``: the id every name and label of the submission carries
+
+    @property
+    def settings(self):
+        return {**DEFAULTS, **self.options}
+
+
+# -- names ------------------------------------------------------------------------------------------
+def _dns1035(name):
+    """Service and JobSet names must start with a letter (a slug of digits or a hash may not)."""
+    return name if name[:1].isalpha() else "h" + name[:62]
+
+
+def submission_name(experiment, submission):
+    return _dns1035(names.slug(f"hirl-{experiment}", max_len=50) + f"-{submission}")
+
+
+def workload_name(cell, stage, submission):
+    """Short: JobSet pod host names (``<name>-node-0-0``) must stay a DNS label."""
+    head = names.slug(f"{cell.experiment}-{stage.name}", max_len=22)
+    return _dns1035(f"{head}-{cell.cell_id[:6]}-{submission[:6]}")
+
+
+def config_map_name(cell, submission):
+    return _dns1035(f"hirl-cfg-{cell.cell_id[:8]}-{submission}")
+
+
+def task_name(cell, stage_name="", suffix=""):
+    """A DAG task name, unique in the Workflow: slugs never hold '--', so the suffixes cannot collide."""
+    base = f"c{cell.cell_id[:8]}" + (f"-{names.slug(stage_name, max_len=40)}" if stage_name else "")
+    return base + (f"--{suffix}" if suffix else "")
+
+
+def config_key(stage):
+    return names.k8s_label_value(stage.name) + ".yaml"
+
+
+def cell_label(cell_id):
+    return cell_id[:32]
+
+
+def labels(cell, submission, stage=None, run_id=""):
+    out = {**MANAGED_BY, "hirl/experiment": names.k8s_label_value(cell.experiment),
+           "hirl/cell": cell_label(cell.cell_id), "hirl/submission": submission}
+    if stage is not None:
+        out["hirl/stage"] = names.k8s_label_value(stage.name)
+        out["hirl/run"] = names.k8s_label_value(run_id)
+    return out
+
+
+# -- the pod ---------------------------------------------------------------------------------------
+def _int(settings, key):
+    return int(settings.get(key) or 0)
+
+
+def rendezvous_host(job):
+    name = workload_name(job.cell, job.stage, job.submission)
+    if job.settings["workload"] == "jobset":  # <jobset>-<replicated job>-<job index>-<pod index>.<subdomain>
+        return f"{name}-{REPLICATED_JOB}-0-0.{name}"
+    return f"{name}-0.{name}"  # Indexed Job: <job>-<index>.<service>
+
+
+def container_command(job):
+    """(command, args): torchrun with c10d rendezvous at pod 0, one worker per GPU, starting the image's
+    entrypoint (which tags the run from global rank 0 and runs ``python -m hirl_core``)."""
+    s = job.settings
+    nodes, gpus = max(1, _int(s, "nodes")), _int(s, "gpus_per_node")
+    attempt = int(job.attempt_base) + 1
+    command = ["torchrun", "--nnodes", str(nodes), "--nproc_per_node", str(gpus or 1),
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{rendezvous_host(job)}:{RDZV_PORT}",
+               "--rdzv_id", f"{job.run_id}-{attempt}", "--max_restarts", "0", "-m", "jobs.entrypoint"]
+    return command, [job.stage.type, "-c", f"{CONFIG_DIR}/config.yaml"]
+
+
+def container_env(job):
+    s = job.settings
+    env = dict(stage_env(job.cell, job.stage, job.run_id, job.attempt_base))
+    env.update({"HIRL_IMAGE": job.image, "HIRL_NNODES": str(max(1, _int(s, "nodes"))),
+                "HIRL_NPROC_PER_NODE": str(_int(s, "gpus_per_node") or 1),
+                "HIRL_MASTER_ADDR": rendezvous_host(job), "HIRL_MASTER_PORT": str(RDZV_PORT)})
+    out = [{"name": k, "value": v} for k, v in env.items()]
+    out.append({"name": "MLFLOW_TRACKING_URI", "valueFrom": {"configMapKeyRef": {
+        "name": s["mlflow_configmap"], "key": "MLFLOW_TRACKING_URI"}}})
+    for key in CREDENTIAL_KEYS:  # optional: a tracking server without auth has no such Secret
+        out.append({"name": key, "valueFrom": {"secretKeyRef": {"name": s["mlflow_secret"], "key": key,
+                                                                "optional": True}}})
+    return out
+
+
+def _resources(s):
+    gpus, nproc = _int(s, "gpus_per_node"), _int(s, "gpus_per_node") or 1
+    requests, limits = {}, {}
+    if s.get("cpus_per_task"):
+        requests["cpu"] = str(int(s["cpus_per_task"]) * nproc)
+    if s.get("mem") is not None:
+        requests["memory"] = limits["memory"] = f"{res.parse_mem_mib(s['mem'])}Mi"
+    if gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def pod_spec(job, pod_labels):
+    s = job.settings
+    container = {"name": "stage", "image": job.image, "imagePullPolicy": "IfNotPresent", "workingDir": WORKDIR}
+    container["command"], container["args"] = container_command(job)
+    container["env"] = container_env(job)
+    container["ports"] = [{"name": "rdzv", "containerPort": RDZV_PORT}]
+    if _resources(s):
+        container["resources"] = _resources(s)
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"},
+                                 {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                                 {"name": "outputs", "mountPath": f"{WORKDIR}/outputs"},
+                                 {"name": "data", "mountPath": DATA_DIR, "readOnly": True}]
+    spec = {"restartPolicy": "Never", "terminationGracePeriodSeconds": _int(s, "grace_period_s"),
+            "securityContext": {"fsGroup": 1000}, "containers": [container]}
+    if s.get("priority_class"):
+        spec["priorityClassName"] = s["priority_class"]
+    if s.get("gpu_pool"):
+        spec["nodeSelector"] = {POOL_LABEL: s["gpu_pool"]}
+    if s.get("tolerations"):
+        spec["tolerations"] = [dict(t) for t in s["tolerations"]]
+    if max(1, _int(s, "nodes")) > 1:  # one pod per node: never two of the same stage on one host
+        spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"hirl/run": pod_labels["hirl/run"]}},
+            "topologyKey": "kubernetes.io/hostname"}]}}
+    spec["volumes"] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{res.parse_mem_mib(s['shm_size'])}Mi"}},
+        {"name": "config", "configMap": {"name": config_map_name(job.cell, job.submission),
+                                         "items": [{"key": config_key(job.stage), "path": "config.yaml"}]}},
+        {"name": "outputs", "persistentVolumeClaim": {"claimName": s["checkpoint_pvc"]}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": s["data_pvc"], "readOnly": True}}]
+    return spec
+
+
+def _job_spec(job, pod_labels, backoff):
+    nodes = max(1, _int(job.settings, "nodes"))
+    spec = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": backoff}
+    seconds = res.parse_time_s(job.settings["time"]) if job.settings.get("time") else None
+    if seconds:
+        spec["activeDeadlineSeconds"] = seconds
+    spec["template"] = {"metadata": {"labels": dict(pod_labels)}, "spec": pod_spec(job, pod_labels)}
+    return spec
+
+
+# -- the workloads ---------------------------------------------------------------------------------
+def _meta(job, kind_labels):
+    s = job.settings
+    meta = {"name": workload_name(job.cell, job.stage, job.submission), "namespace": s["namespace"],
+            "labels": dict(kind_labels)}
+    if s.get("queue"):
+        meta["labels"][QUEUE_LABEL] = s["queue"]
+    return meta
+
+
+def jobset(job):
+    """The stage's JobSet: a failed pod fails its Job (backoffLimit 0) and JobSet restarts the whole gang."""
+    lab = labels(job.cell, job.submission, job.stage, job.run_id)
+    spec = {}
+    if job.settings.get("queue"):
+        spec["suspend"] = True  # Kueue admits the workload by un-suspending it
+    spec["network"] = {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
+    spec["failurePolicy"] = {"maxRestarts": _int(job.settings, "max_restarts"), "restartStrategy": "Recreate"}
+    spec["replicatedJobs"] = [{"name": REPLICATED_JOB, "replicas": 1, "template": {
+        "metadata": {"labels": dict(lab)}, "spec": _job_spec(job, lab, 0)}}]
+    return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": _meta(job, lab), "spec": spec}
+
+
+def indexed_job(job):
+    """For clusters without JobSet: pods get ``<job>-<index>.<service>`` names through the Service."""
+    lab = labels(job.cell, job.submission, job.stage, job.run_id)
+    spec = _job_spec(job, lab, 0)
+    if job.settings.get("queue"):
+        spec["suspend"] = True
+    spec["template"]["spec"]["subdomain"] = workload_name(job.cell, job.stage, job.submission)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(job, lab), "spec": spec}
+
+
+def headless_service(job):
+    lab = labels(job.cell, job.submission, job.stage, job.run_id)
+    name = workload_name(job.cell, job.stage, job.submission)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": job.settings["namespace"], "labels": lab},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {"batch.kubernetes.io/job-name": name},
+                     "ports": [{"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT}]}}
+
+
+def config_map(cell, jobs, submission, namespace):
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": config_map_name(cell, submission), "namespace": namespace,
+                         "labels": labels(cell, submission)},
+            "data": {config_key(j.stage): dumps_config(j.stage.config) for j in jobs}}
+
+
+def workloads(job):
+    """[(suffix of the DAG task, manifest, success condition, failure condition)] for one stage."""
+    if job.settings["workload"] == "jobset":
+        return [("", jobset(job), "status.terminalState == Completed", "status.terminalState == Failed")]
+    nodes = max(1, _int(job.settings, "nodes"))
+    return [("svc", headless_service(job), "", ""),
+            ("", indexed_job(job), f"status.succeeded == {nodes}", "status.failed > 0")]
+
+
+# -- the Workflow ----------------------------------------------------------------------------------
+def _resource_template(name, manifest, success="", failure=""):
+    resource = {"action": "create", "setOwnerReference": True, "manifest": to_yaml(manifest)}
+    if success:
+        resource["successCondition"] = success
+    if failure:
+        resource["failureCondition"] = failure
+    return {"name": name, "resource": resource}
+
+
+def workflow(jobs, submission):
+    """The submission's Workflow: per cell a ConfigMap task, then each stage after its upstream."""
+    if not jobs:
+        raise BackendError("nothing to submit: every stage is finished, held or not selected")
+    spaces = sorted({j.settings["namespace"] for j in jobs})
+    if len(spaces) > 1:
+        raise BackendError(f"resources.k8s.namespace: one submission runs in one namespace, got {', '.join(spaces)}")
+    accounts = sorted({j.settings["service_account"] for j in jobs})
+    if len(accounts) > 1:
+        raise BackendError(f"resources.k8s.service_account: one Workflow has one, got {', '.join(accounts)}")
+    for j in jobs:
+        j.submission = submission
+    first, tasks, templates = jobs[0], [], []
+    cells = {}
+    for j in jobs:
+        cells.setdefault(j.cell.cell_id, (j.cell, []))[1].append(j)
+    for cell, cell_jobs in cells.values():
+        cfg = task_name(cell, suffix="config")
+        tasks.append({"name": cfg, "template": cfg})
+        templates.append(_resource_template(cfg, config_map(cell, cell_jobs, submission, spaces[0])))
+        for j in cell_jobs:
+            before = [cfg] + ([task_name(cell, j.after)] if j.after else [])
+            for suffix, manifest, success, failure in workloads(j):
+                name = task_name(cell, j.stage.name, suffix)
+                tasks.append({"name": name, "template": name, "dependencies": before})
+                templates.append(_resource_template(name, manifest, success, failure))
+                before = [cfg, name] if suffix else before
+    wf_labels = {**MANAGED_BY, "hirl/experiment": names.k8s_label_value(first.cell.experiment),
+                 "hirl/submission": submission}
+    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": submission_name(first.cell.experiment, submission), "namespace": spaces[0],
+                         "labels": wf_labels},
+            "spec": {"entrypoint": "stages", "serviceAccountName": accounts[0],
+                     "templates": [{"name": "stages", "dag": {"tasks": tasks}}] + templates}}
+
+
+def manifests(wf):
+    """The objects a Workflow's resource templates create, in DAG order (what Argo would submit)."""
+    return [yaml.safe_load(t["resource"]["manifest"]) for t in wf["spec"]["templates"] if "resource" in t]
+
+
+def render_files(jobs, submission):
+    """{path: YAML}: the Workflow, and each object it creates as a file of its own for reading."""
+    wf = workflow(jobs, submission)
+    files = {"k8s/workflow.yaml": to_yaml(wf)}
+    for obj in manifests(wf):
+        labels_ = obj["metadata"]["labels"]
+        stem = labels_.get("hirl/stage", "config")
+        files[f"k8s/{names.file_name(stem)}.{obj['kind'].lower()}.yaml"] = to_yaml(obj)
+    return files
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper, value):
+    style = "|" if "\n" in value and all(c == "\n" or c.isprintable() for c in value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(obj):
+    """Stable YAML (key order as built, ASCII only, multi-line text as blocks where that reads back the same)."""
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=False,
+                     width=100000)

@@ -1,0 +1,116 @@
+"""Fixtures for the tests against a real Kubernetes API server with the real CRDs (JobSet, Argo
+Workflow, Kueue): the kit at ``$HIRL_K8S_KIT`` (default ``<checkout>/../shared/infra``) serves them.
+``.ci/run`` (and ``make dev-k8s-up``) start it and export KUBECONFIG; otherwise the session starts its
+own on ports of its own and stops it at the end. Without the kit the tests skip, unless
+HIRL_REQUIRE_K8S=1 (set in CI), which makes that a failure.
+
+Nothing runs the objects (no controllers): tests stand in for Argo and the JobSet controller by
+creating a Workflow's manifests and writing status, as those controllers would."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KIT = Path(os.environ.get("HIRL_K8S_KIT") or REPO.parent / "shared" / "infra")
+NAMESPACE = "hirl"
+DIGEST = "registry.example/hirl@sha256:" + "ab" * 32
+OWN = {"K8S_API_DIR": "/tmp/hirl-k8s-tests", "K8S_API_PORT": "16643", "K8S_ETCD_PORT": "12579",
+       "K8S_ETCD_PEER_PORT": "12580"}
+
+
+def _missing(why):
+    if os.environ.get("HIRL_REQUIRE_K8S") == "1":
+        pytest.fail(f"HIRL_REQUIRE_K8S=1 but {why}")
+    pytest.skip(why)
+
+
+def _answers(kubeconfig):
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=kubeconfig)
+        client.CustomObjectsApi().list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", NAMESPACE, "jobsets",
+                                                                limit=1, _request_timeout=5)
+        return True
+    except Exception:  # noqa: BLE001 - any failure: start our own
+        return False
+
+
+@pytest.fixture(scope="session")
+def k8s():
+    """CustomObjectsApi on a live API server; KUBECONFIG set for the CLI subprocesses."""
+    pytest.importorskip("kubernetes")
+    from kubernetes import client, config
+
+    given = os.environ.get("KUBECONFIG", "")
+    if given and _answers(given):
+        yield client.CustomObjectsApi()
+        return
+    if not (KIT / "k8s-api-up.sh").is_file():
+        _missing(f"needs the Kubernetes API-server kit at {KIT} (HIRL_K8S_KIT), or KUBECONFIG of a running one")
+    env = dict(os.environ, **OWN)
+    try:
+        up = subprocess.run(["bash", str(KIT / "k8s-api-up.sh")], env=env, stdout=subprocess.PIPE, text=True,
+                            timeout=180)
+        if up.returncode != 0:
+            _missing(f"the kit's k8s-api-up.sh failed (exit {up.returncode})")
+        kubeconfig = up.stdout.strip().rsplit("=", 1)[1]
+        os.environ["KUBECONFIG"] = kubeconfig
+        config.load_kube_config(config_file=kubeconfig)
+        yield client.CustomObjectsApi()
+    finally:
+        subprocess.run(["bash", str(KIT / "k8s-api-down.sh")], env=env, timeout=60)
+        if given:
+            os.environ["KUBECONFIG"] = given
+        else:
+            os.environ.pop("KUBECONFIG", None)
+
+
+class Root:
+    """A throwaway repo root: the configs, a pinned image record, a sqlite MLflow store, the hirl CLI."""
+
+    def __init__(self, path):
+        self.path = path
+        self.uri = f"sqlite:///{path / 'mlflow.db'}"
+        shutil.copytree(REPO / "configs", path / "configs")
+        (path / ".hirl").mkdir()
+        (path / ".hirl" / "images.json").write_text(
+            '{"latest": "hirl:test", "pushed": {"hirl:test": {"reference": "%s"}}}\n' % DIGEST)
+
+    def env(self, **more):
+        env = dict(os.environ, MLFLOW_TRACKING_URI=self.uri, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **more)
+        env.pop("MLFLOW_RUN_ID", None)
+        return env
+
+    def hirl(self, *args, timeout=300, **env):
+        return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=self.path, env=self.env(**env),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def runs(self, experiment):
+        """{stage: mlflow Run} of the experiment's stage runs (newest per stage and cell)."""
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(self.uri)
+        exp = c.get_experiment_by_name(experiment)
+        return [r for r in c.search_runs([exp.experiment_id], max_results=1000) if "hirl.stage" in r.data.tags]
+
+
+@pytest.fixture
+def root(tmp_path):
+    return Root(tmp_path)
+
+
+@pytest.fixture
+def api(k8s):
+    """The API for one test; every hirl Workflow and JobSet in the namespace is deleted after it."""
+    yield k8s
+    for group, version, plural in (("argoproj.io", "v1alpha1", "workflows"), ("jobset.x-k8s.io", "v1alpha2", "jobsets")):
+        items = k8s.list_namespaced_custom_object(group, version, NAMESPACE, plural,
+                                                  label_selector="app.kubernetes.io/managed-by=hirl")["items"]
+        for item in items:
+            k8s.delete_namespaced_custom_object(group, version, NAMESPACE, plural, item["metadata"]["name"])
