@@ -16,7 +16,7 @@ import sys
 
 from hirl_core.config import ConfigError
 
-from . import cli_runs, image, names
+from . import claim, cli_runs, image, names
 from .backends import BackendError, Plan, available_backends, get_backend
 from .cli_common import (INTERRUPTED_RC, USAGE_RC, check_cells_data, counts, load, print_rows, print_sweep,
                          runs_end_on_failure, summary_line)
@@ -168,6 +168,17 @@ def cmd_submit(args):
     if hasattr(backend, "preflight"):  # what only a real submission needs (SLURM: an image digest, sbatch)
         backend.preflight([Plan(cell, None, uri) for cell in sweep.cells])
     cells = sweep.cells
+    # One submission per cell at a time, held for the whole submission (jobs/claim.py): before any run exists.
+    claim.claim(cells, backend.name)
+    try:
+        return _submit_claimed(args, backend, sweep, cells, uri)
+    finally:
+        claim.release_all()
+
+
+def _submit_claimed(args, backend, sweep, cells, uri):
+    from . import lineage
+
     if sweep.is_matrix:
         print(f"experiment {sweep.name}, sweep {sweep.sweep_id}: {len(cells)} cells, "
               f"{sum(len(c.stages) for c in cells)} stages on {backend.name}", flush=True)
@@ -181,6 +192,8 @@ def cmd_submit(args):
             lineage.set_run_status(ref.run_id, "RUNNING", uri)
         # Every cell's runs exist before anything runs: the UI shows the whole sweep, cancel can reach it.
         all_runs = [lineage.ensure_chain(cell, backend, force=args.force, uri=uri, sweep=ref) for cell in cells]
+        for cell, runs in zip(cells, all_runs):
+            claim.note_run(cell, next((r.run_id for r in runs.values() if r.status != "FINISHED"), ""))
         if sweep.is_matrix and not args.force and all(r.status == "FINISHED"
                                                       for runs in all_runs for r in runs.values()):
             print(f"nothing new to run: all {len(cells)} cells are finished (FORCE=1 / --force reruns them)")

@@ -125,8 +125,26 @@ def client(uri=None):
 
     uri = uri or tracking_uri()
     if uri not in _clients:
-        _clients[uri] = MlflowClient(tracking_uri=uri)
+        db = sqlite_path(uri)
+        if db:
+            _clients[uri] = _open_sqlite_store(MlflowClient, uri, db)
+        else:
+            _clients[uri] = MlflowClient(tracking_uri=uri)
     return _clients[uri]
+
+
+def _open_sqlite_store(MlflowClient, uri, db):
+    """MLflow creates and migrates a fresh sqlite store on first use with nothing guarding it: two
+    processes opening it at once both migrate and one dies (``table _alembic_tmp_... already exists``).
+    A lock file next to the database lets one create it while the others wait."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(db) or ".", exist_ok=True)
+    with open(db + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)  # creates and migrates the store, under the lock
+    return c
 
 
 def _experiment_id(c, name, create):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hirl_core.config import dump_config, dumps_config
 
-from .. import lineage
+from .. import claim, lineage
 from ..entrypoint import int_or_zero
 from . import local_watch
 from .base import INTERRUPTED_RC, Backend, BackendError, Handle, Submission
@@ -173,7 +173,8 @@ class LocalBackend(Backend):
             # (a closed terminal) under its watcher, in its own session, where Ctrl-C reaches only us
             # and we stop the whole group (watcher, torchrun and workers).
             proc = subprocess.Popen(watch, cwd=plan.cell.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=claim.held_fds())  # the cell stays claimed while the stage runs
         try:
             lineage.set_tags(run_id, {"hirl.job_id": str(_wait_for_stage_pid(out / PID_FILE, proc) or proc.pid),
                                       "hirl.attempt": str(attempt)}, plan.tracking_uri)
