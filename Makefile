@@ -51,6 +51,14 @@ export SLURM_CONF := $(HIRL_SLURM_DIR)/slurm.conf
 endif
 endif
 
+# BACKEND=k8s: the cluster is KUBECONFIG's; with none set, the dev API server's (make dev-k8s-up) is used.
+export HIRL_K8S_DIR := $(call uval,HIRL_K8S_DIR,/tmp/hirl-k8s-api)
+ifeq ($(strip $(value KUBECONFIG)),)
+ifneq ($(wildcard $(HIRL_K8S_DIR)/kubeconfig),)
+export KUBECONFIG := $(HIRL_K8S_DIR)/kubeconfig
+endif
+endif
+
 # The shared image: REGISTRY=<host:port> (default $HIRL_REGISTRY) for push, or IMAGE_REPO=<repository>.
 REGISTRY_V := $(call uval,REGISTRY,$(value HIRL_REGISTRY))
 export HIRL_IMAGE_REPOSITORY := $(or $(call uval,IMAGE_REPO,),$(if $(strip $(REGISTRY_V)),$(REGISTRY_V)/hirl,hirl))
@@ -58,7 +66,7 @@ export HIRL_IMAGE_REPOSITORY := $(or $(call uval,IMAGE_REPO,),$(if $(strip $(REG
 # After every uval above: unexport defines a variable, so its origin is no longer "undefined".
 unexport EXP BACKEND SET DATA CELL STAGE RANK OUT WATCH FOLLOW FORCE PORT FASHION_MNIST SITE REGISTRY IMAGE_REPO
 
-.PHONY: help setup data demo submit plan status logs cancel retry report ui test bench clean dev-slurm-up dev-slurm-down image push dev-engine-up dev-engine-down
+.PHONY: help setup data demo submit plan status logs cancel retry report ui test bench clean dev-slurm-up dev-slurm-down image push dev-engine-up dev-engine-down dev-k8s-up dev-k8s-down
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
 
@@ -133,6 +141,12 @@ dev-slurm-up:  ## a 2-node SLURM dev cluster on this host (root; apt installs it
 
 dev-slurm-down:  ## stop the SLURM dev cluster (exactly what dev-slurm-up started)
 	@bash slurm/dev-down.sh
+
+dev-k8s-up:  ## a Kubernetes API server with the JobSet/Argo/Kueue CRDs on 127.0.0.1 for BACKEND=k8s (no controllers)
+	@K8S_API_DIR="$$HIRL_K8S_DIR" bash k8s/dev-api-up.sh >/dev/null && echo "k8s dev API server up; for kubectl: export KUBECONFIG=$$HIRL_K8S_DIR/kubeconfig"
+
+dev-k8s-down:  ## stop the dev API server (exactly what dev-k8s-up started)
+	@K8S_API_DIR="$$HIRL_K8S_DIR" bash k8s/dev-api-down.sh
 
 clean:  ## remove outputs and the local MLflow store (asks nothing: be sure)
 	rm -rf outputs mlruns mlartifacts mlflow.db
