@@ -17,6 +17,9 @@ export HIRL_MAKE_RANK    := $(call uval,RANK,)
 export HIRL_MAKE_OUT     := $(call uval,OUT,)
 export HIRL_MAKE_WATCH   := $(call uval,WATCH,)
 export HIRL_MAKE_PORT    := $(call uval,PORT,5000)
+# make tracking-up: TRACKING_DIR=<data, logs, pid files>, TRACKING_PORT=<MLflow port on 127.0.0.1>
+export HIRL_TRACKING_DIR  := $(call uval,TRACKING_DIR,$(or $(value HIRL_TRACKING_DIR),/tmp/hirl-tracking))
+export HIRL_TRACKING_PORT := $(call uval,TRACKING_PORT,$(or $(value HIRL_TRACKING_PORT),5050))
 export HIRL_MAKE_FASHION_MNIST := $(call uval,FASHION_MNIST,$(or $(value HIRL_FASHION_MNIST),/usr/share/datasets/fashion-mnist))
 # VENV is a make target too: a plain path (no spaces).
 VENV    ?= .venv
@@ -65,8 +68,10 @@ export HIRL_IMAGE_REPOSITORY := $(or $(call uval,IMAGE_REPO,),$(if $(strip $(REG
 # make would put command-line variables into the recipes' environment expanded (running a $(shell ...)).
 # After every uval above: unexport defines a variable, so its origin is no longer "undefined".
 unexport EXP BACKEND SET DATA CELL STAGE RANK OUT WATCH FOLLOW FORCE PORT FASHION_MNIST SITE REGISTRY IMAGE_REPO
+unexport TRACKING_DIR TRACKING_PORT
 
 .PHONY: help setup data demo submit plan status logs cancel retry report ui test bench clean dev-slurm-up dev-slurm-down image push dev-engine-up dev-engine-down dev-k8s-up dev-k8s-down
+.PHONY: tracking-up tracking-down
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
 
@@ -135,6 +140,12 @@ dev-engine-up:  ## podman's Docker API + a registry on 127.0.0.1:5001 (root; apt
 
 dev-engine-down:  ## stop what dev-engine-up started
 	@bash docker/engine-down.sh
+
+tracking-up: setup  ## a shared MLflow server on PostgreSQL for clusters (root: apt installs it); prints its export
+	@bash tracking/up.sh
+
+tracking-down:  ## stop exactly what tracking-up started (its data stays in TRACKING_DIR)
+	@bash tracking/down.sh
 
 dev-slurm-up:  ## a 2-node SLURM dev cluster on this host (root; apt installs it) for BACKEND=slurm
 	@bash slurm/dev-up.sh >/dev/null && echo "SLURM dev cluster up; for sinfo/squeue: export SLURM_CONF=$$HIRL_SLURM_DIR/slurm.conf"

@@ -191,15 +191,33 @@ def _slurm_submit_100(tmp: Path) -> dict:
                     "tasks; lineage = creating the 301 MLflow runs on sqlite, which hirl submit does first"}
 
 
+def bench_tracking_load() -> dict:
+    """32 processes logging every step for 60 s against the PostgreSQL-backed tracking server
+    (HIRL_TRACKING_SERVER, else the one tracking/up.sh starts here and stops after)."""
+    from tracking_load import run_load
+
+    uri, started = os.environ.get("HIRL_TRACKING_SERVER", ""), False
+    if not uri:
+        up = subprocess.run(["bash", str(ROOT / "tracking" / "up.sh")], capture_output=True, text=True, check=True)
+        started = "already up" not in up.stderr
+        uri = up.stdout.strip().rsplit("=", 1)[1]
+    try:
+        return run_load(uri, procs=32, duration=60.0, rate=20.0)
+    finally:
+        if started:
+            subprocess.run(["bash", str(ROOT / "tracking" / "down.sh")], check=False)
+
+
 sys.path.insert(0, str(ROOT / "bench"))
 from science import bench_baselines, bench_hierarchical_kmeans, bench_hirl, bench_seed_loops  # noqa: E402
 
 BENCHES = {"foundation": bench_foundation, "orchestrator": bench_orchestrator, "slurm_submit": bench_slurm_submit,
            "baselines": bench_baselines, "hirl": bench_hirl, "hierarchical_kmeans": bench_hierarchical_kmeans,
-           "seed_loops": bench_seed_loops}
-TORCH_FREE = {"orchestrator", "slurm_submit"}
+           "seed_loops": bench_seed_loops, "tracking_load": bench_tracking_load}
+TORCH_FREE = {"orchestrator", "slurm_submit", "tracking_load"}
 # Benches whose results are keys in another bench's file (merged into it, never overwriting it).
-MERGE_INTO = {"slurm_submit": "orchestrator", "hierarchical_kmeans": "hirl", "seed_loops": "baselines"}
+MERGE_INTO = {"slurm_submit": "orchestrator", "hierarchical_kmeans": "hirl", "seed_loops": "baselines",
+              "tracking_load": "tracking"}
 
 
 def main() -> int:

@@ -2,8 +2,9 @@
 ``make test``; locally: ``make dev-slurm-up`` and ``export SLURM_CONF=/tmp/hirl-slurm/slurm.conf``).
 
 Each test gets its own repo root under tmp_path: the configs, a site profile ``test`` whose python
-is this interpreter, ``.venv`` linked to the checkout's, and a sqlite MLflow store on the shared
-filesystem (the dev cluster's nodes are this host, so the jobs reach it)."""
+is this interpreter, ``.venv`` linked to the checkout's, and MLflow: the shared tracking server
+(``HIRL_TRACKING_SERVER``, PostgreSQL-backed, tracking/up.sh) when it is up, else a sqlite store on
+the shared filesystem (the dev cluster's nodes are this host, so the jobs reach either)."""
 
 import os
 import shutil
@@ -53,7 +54,10 @@ class Root:
 
     def __init__(self, path):
         self.path = path
-        self.uri = f"sqlite:///{path / 'mlflow.db'}"
+        # The shared tracking server when it is up (.ci/run: tracking/up.sh), else a sqlite file of this test;
+        # on the server, each test's experiments get a name of their own (the specs' file names stay).
+        self.uri = os.environ.get("HIRL_TRACKING_SERVER") or f"sqlite:///{path / 'mlflow.db'}"
+        self.suffix = f"-{os.getpid()}-{time.time_ns() % 10**9}" if os.environ.get("HIRL_TRACKING_SERVER") else ""
         shutil.copytree(REPO / "configs", path / "configs")
         (path / "slurm").mkdir()
         (path / "slurm" / "test.yaml").write_text(
@@ -62,7 +66,8 @@ class Root:
         (path / ".venv").symlink_to(REPO / ".venv")
 
     def experiment(self, name, epochs=2, subset=512, knn=True, extra="", time=30):
-        text = TINY.format(name=name, epochs=epochs, subset=subset, knn=KNN if knn else "", extra=extra, time=time)
+        text = TINY.format(name=name + self.suffix, epochs=epochs, subset=subset, knn=KNN if knn else "", extra=extra,
+                           time=time)
         (self.path / "configs" / "experiments" / f"{name}.yaml").write_text(text)
         return name
 
@@ -80,7 +85,7 @@ class Root:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=self.uri)
-        exp = client.get_experiment_by_name(experiment)
+        exp = client.get_experiment_by_name(experiment if experiment.endswith(self.suffix) else experiment + self.suffix)
         return client, (client.search_runs([exp.experiment_id], max_results=1000) if exp else [])
 
     def stages(self, experiment):
