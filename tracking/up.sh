@@ -43,6 +43,8 @@ else PG_USER=$(id -un); as_pg() { "$@"; }; fi
 
 mkdir -p "$D/artifacts" "$D/run"
 chmod 755 "$D"
+[ "$(id -u)" != 0 ] || runuser -u postgres -- test -x "$D" \
+  || fail "the postgres user cannot enter $D (a parent directory is private); set HIRL_TRACKING_DIR elsewhere"
 if [ "$(id -u)" = 0 ]; then chown "$PG_USER" "$D/run"; fi
 if [ ! -f "$D/pg/PG_VERSION" ]; then
   say "creating the database cluster in $D/pg"
