@@ -9,8 +9,11 @@ creating a Workflow's manifests and writing status, as those controllers would."
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,17 @@ REPO = Path(__file__).resolve().parents[2]
 KIT = Path(os.environ.get("HIRL_K8S_KIT") or REPO.parent / "shared" / "infra")
 NAMESPACE = "hirl"
 DIGEST = "registry.example/hirl@sha256:" + "ab" * 32
-OWN = {"K8S_API_DIR": "/tmp/hirl-k8s-tests", "K8S_API_PORT": "16643", "K8S_ETCD_PORT": "12579",
-       "K8S_ETCD_PEER_PORT": "12580"}
+
+
+def _own_instance():
+    """A working dir and free ports of this session's own: test sessions side by side never share one."""
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(str(s.getsockname()[1]))
+    return {"K8S_API_DIR": tempfile.mkdtemp(prefix="hirl-k8s-tests-"), "K8S_API_PORT": ports[0],
+            "K8S_ETCD_PORT": ports[1], "K8S_ETCD_PEER_PORT": ports[2]}
 
 
 def _missing(why):
@@ -32,13 +44,15 @@ def _missing(why):
 def _answers(kubeconfig):
     from kubernetes import client, config
 
-    try:
-        config.load_kube_config(config_file=kubeconfig)
-        client.CustomObjectsApi().list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", NAMESPACE, "jobsets",
-                                                                limit=1, _request_timeout=5)
-        return True
-    except Exception:  # noqa: BLE001 - any failure: start our own
-        return False
+    for _ in range(3):  # a server that just came up may answer 429 while its caches fill
+        try:
+            config.load_kube_config(config_file=kubeconfig)
+            client.CustomObjectsApi().list_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", NAMESPACE,
+                                                                    "jobsets", limit=1, _request_timeout=5)
+            return True
+        except Exception:  # noqa: BLE001 - any failure: try again, then start our own
+            time.sleep(1)
+    return False
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +67,7 @@ def k8s():
         return
     if not (KIT / "k8s-api-up.sh").is_file():
         _missing(f"needs the Kubernetes API-server kit at {KIT} (HIRL_K8S_KIT), or KUBECONFIG of a running one")
-    env = dict(os.environ, **OWN)
+    env = dict(os.environ, **_own_instance())
     try:
         up = subprocess.run(["bash", str(KIT / "k8s-api-up.sh")], env=env, stdout=subprocess.PIPE, text=True,
                             timeout=180)
