@@ -18,7 +18,7 @@ from hirl_core.config import ConfigError
 
 from . import claim, cli_runs, image, names
 from .backends import BackendError, Plan, available_backends, get_backend
-from .cli_common import (INTERRUPTED_RC, USAGE_RC, check_cells_data, counts, load, print_rows, print_sweep,
+from .cli_common import (INTERRUPTED_RC, USAGE_RC, counts, load, print_rows, print_sweep,
                          runs_end_on_failure, summary_line)
 from .dag import OUTPUT_ROOT, assign_outputs
 from .matrix import format_sweep_plan
@@ -159,14 +159,12 @@ def cmd_submit(args):
 
     backend = get_backend(args.backend)
     sweep = load(args)
-    if backend.name == "local":
-        check_cells_data(sweep.cells)
     uri = lineage.tracking_uri()
     lineage.check_tracking(uri)  # seconds, not MLflow's minutes of retries, and before anything exists
     for cell in sweep.cells:  # preflight: backend settings, before creating runs
         backend.render(Plan(assign_outputs(cell), None, uri))
-    if hasattr(backend, "preflight"):  # what only a real submission needs (SLURM: an image digest, sbatch)
-        backend.preflight([Plan(cell, None, uri) for cell in sweep.cells])
+    # what only a real submission needs (local: the data; SLURM: an image digest, sbatch)
+    backend.preflight([Plan(cell, None, uri) for cell in sweep.cells])
     cells = sweep.cells
     # One submission per cell at a time, held for the whole submission (jobs/claim.py): before any run exists.
     claim.claim(cells, backend.name)
@@ -198,9 +196,9 @@ def _submit_claimed(args, backend, sweep, cells, uri):
                                                       for runs in all_runs for r in runs.values()):
             print(f"nothing new to run: all {len(cells)} cells are finished (FORCE=1 / --force reruns them)")
         rc = 0
-        # A backend that queues work (SLURM) takes a sweep at once: same-shape stages become one job array.
+        # A backend that queues work (SLURM, k8s) takes a sweep at once: same-shape stages become one job array.
         batched = (backend.submit_many([Plan(c, r, uri, args.force) for c, r in zip(cells, all_runs)])
-                   if sweep.is_matrix and hasattr(backend, "submit_many") else None)
+                   if sweep.is_matrix and backend.batches else None)
         for i, (cell, runs) in enumerate(zip(cells, all_runs), 1):
             if sweep.is_matrix and batched is None:
                 print(f"\n== cell {i}/{len(cells)} {cell.cell_id[:8]}: {cell.label}", flush=True)

@@ -1,13 +1,10 @@
-"""What the ``hirl`` verbs share: loading the spec named on the command line, the local data check,
+"""What the ``hirl`` verbs share: loading the spec named on the command line,
 and the status tables (one cell's stages, a sweep's cells × stages, the closing KNN line)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
-
-from hirl_core.config import ConfigError
 
 from .backends.base import INTERRUPTED_RC  # noqa: F401 - the verbs' exit code for Ctrl-C
 from .matrix import load_sweep
@@ -60,27 +57,6 @@ def counts(statuses):
     for st in statuses:
         counts[st.status] = counts.get(st.status, 0) + 1
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-
-
-def check_cells_data(cells):
-    """The local backend's pre-flight: every stage's dataset is here (each distinct one checked once)."""
-    from hirl_core.data import check_data
-
-    seen = set()
-    for cell in cells:
-        for stage in cell.stages:
-            data = stage.config.get("data")
-            if not isinstance(data, dict):
-                continue
-            splits = ("train",) if stage.type == "pretrain" else ("train", "val")
-            key = (json.dumps(data, sort_keys=True, default=str), splits)
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                check_data(data, splits=splits)
-            except ConfigError as exc:
-                raise ConfigError(f"stage {stage.name!r}: {exc}") from None
 
 
 def summary_line(rows, uri):

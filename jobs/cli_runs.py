@@ -10,8 +10,8 @@ import time
 from hirl_core.config import closest
 
 from . import names
-from .backends import Handle, Plan, get_backend
-from .cli_common import (DONE, INTERRUPTED_RC, check_cells_data, counts, load, print_rows, print_sweep,
+from .backends import Plan, get_backend
+from .cli_common import (DONE, INTERRUPTED_RC, counts, load, print_rows, print_sweep,
                          runs_end_on_failure)
 from .dag import OUTPUT_ROOT
 from .spec import SpecError
@@ -60,13 +60,14 @@ def _with_scheduler_states(sweep, statuses, uri):
     backend also settles MLflow states no job could set (e.g. evaluations cancelled by a dependency)."""
     from . import lineage
 
-    merged, touched = {}, []
+    merged, touched, backends = {}, [], {}
     for st in statuses:
         name = st.chain.data.tags.get("hirl.backend", "local") if st.chain is not None else "local"
-        if name == "local":
+        backend = backends.setdefault(name, get_backend(name))
+        views = backend.status([backend.handle(st.cell, r) for r in st.rows if r.run_id], uri)
+        if not views:  # nothing beyond MLflow's states (local): nothing to merge or settle
             continue
-        handles = [_handle(st.cell, r) for r in st.rows if r.run_id]
-        merged[st.cell.cell_id] = get_backend(name).status(handles)
+        merged[st.cell.cell_id] = views
         touched.append(st.cell)
     if not touched:
         return statuses
@@ -124,9 +125,15 @@ def _backend_for(args, status):
     return get_backend(name)
 
 
-def _handle(cell, row):
-    log_path = os.path.join(cell.root, row.output_dir, "log.txt") if row.output_dir else ""
-    return Handle(row.stage, row.run_id, row.status, log_path)
+def _log_text(backend, handle, rank, uri):
+    """The backend's log of the stage; when it has none (pods or nodes gone, a log file deleted), the
+    tail the stage kept as its run's artifact (rank 0's)."""
+    from .backends.common import log_artifact
+
+    text = backend.logs(handle, rank)
+    if text or rank:
+        return text
+    return log_artifact(handle.run_id, uri)
 
 
 def cmd_logs(args):
@@ -148,8 +155,8 @@ def cmd_logs(args):
               file=sys.stderr)
         return 1
     backend = _backend_for(args, st)
-    handle = _handle(cell, row)
-    shown = backend.logs(handle, args.rank)
+    handle = backend.handle(cell, row)
+    shown = _log_text(backend, handle, args.rank, uri)
     if not shown and not row.attempt:  # an empty screen would look like a broken `logs`
         print(f"stage {stage} of cell {cell.cell_id[:8]} has not started (run {row.run_id} is {row.status}): "
               f"no log yet", file=sys.stderr)
@@ -161,7 +168,7 @@ def cmd_logs(args):
         while args.follow:
             status = lineage.run_status(row.run_id, uri)
             time.sleep(1.0)
-            text = backend.logs(handle, args.rank)
+            text = _log_text(backend, handle, args.rank, uri)
             if len(text) > len(shown):
                 sys.stdout.write(text[len(shown):])
                 sys.stdout.flush()
@@ -196,7 +203,7 @@ def cmd_cancel(args):
         for r in st.rows:
             if r.stage in chosen and r.run_id and r.status in ("SCHEDULED", "RUNNING"):
                 backend = _backend_for(args, st)
-                groups.setdefault(backend.name, (backend, []))[1].append((st.cell, _handle(st.cell, r)))
+                groups.setdefault(backend.name, (backend, []))[1].append((st.cell, backend.handle(st.cell, r)))
     total, touched = 0, set()
     for backend, pairs in groups.values():
         acted = {id(h) for h in backend.cancel([h for _, h in pairs], uri)}
@@ -231,13 +238,10 @@ def cmd_retry(args):
               + (f" named {args.stage}" if args.stage else ""))
         return 0
     backends = {id(st): _backend_for(args, st) for st, _ in todo}
-    if any(b.name == "local" for b in backends.values()):
-        check_cells_data([st.cell for st, _ in todo])
     existing = {id(st): lineage.existing_runs(st.cell, uri) for st, _ in todo}
-    for backend in {b.name: b for b in backends.values()}.values():  # the cluster answers, before anything
-        if hasattr(backend, "preflight"):
-            backend.preflight([Plan(st.cell, None, uri) for st, _ in todo
-                               if backends[id(st)].name == backend.name and existing[id(st)] is not None])
+    for backend in {b.name: b for b in backends.values()}.values():  # data here, the cluster answers: before anything
+        backend.preflight([Plan(st.cell, None, uri) for st, _ in todo
+                           if backends[id(st)].name == backend.name and existing[id(st)] is not None])
     rc = 0
     for st, only in todo:
         runs = existing[id(st)]

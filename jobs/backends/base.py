@@ -2,8 +2,10 @@
 
 A backend turns a plan (a compiled cell whose stage runs already exist in MLflow)
 into work: ``render`` shows exactly what would run without running it (dry run,
-golden-testable), ``submit`` starts it. Backends are looked up by name and
-imported on demand, so the CLI never pays for a backend it does not use.
+golden-testable), ``submit`` starts it. The class below is the whole contract the CLI relies on
+(it never asks which backend it has); what backends share lives in ``jobs.backends.common``.
+Backends are looked up by name and imported on demand, so the CLI never pays for a backend it
+does not use.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class Backend(ABC):
             raise BackendError(f"resources.{self.name} must be a mapping, got {section!r}")
         return resources.effective(merged, self.name)
 
+    batches = False               # submit_many takes a whole sweep at once (a queue: SLURM arrays, one Workflow)
+
+    def preflight(self, plans):
+        """Refuse, before any run is created, what would make the submission fail (data missing here,
+        an image not pinned, no cluster answering): a BackendError (or ConfigError) of one line."""
+
     @abstractmethod
     def render(self, plan) -> dict:
         """{relative path: file content} of what ``submit`` would run; runs nothing."""
@@ -71,13 +79,24 @@ class Backend(ABC):
     def submit(self, plan) -> Submission:
         """Start the plan's stages in DAG order."""
 
-    @abstractmethod
-    def status(self, handles) -> dict:
-        """{stage: state} for submitted handles."""
+    def submit_many(self, plans) -> list:
+        """One Submission per plan; a backend with ``batches`` submits them together."""
+        return [self.submit(plan) for plan in plans]
+
+    def handle(self, cell, row) -> Handle:
+        """The Handle of a stage run that exists (``row``: a jobs.lineage status row), for status, logs
+        and cancel from any shell; where its log is, if the backend keeps one as a file here."""
+        return Handle(row.stage, row.run_id, row.status)
+
+    def status(self, handles, uri=None) -> dict:
+        """{stage: the scheduler's view (state, reason)} for submitted handles; a backend also sets the
+        MLflow states no stage process could. {}: nothing beyond the MLflow states (local)."""
+        return {}
 
     @abstractmethod
     def logs(self, handle, rank=None) -> str:
-        """The log text of one stage so far (one rank's lines where the backend keeps them apart)."""
+        """The log text of one stage so far (one rank's lines where the backend keeps them apart); "" when
+        the backend holds none (any more): the caller then shows the run's log artifact."""
 
     @abstractmethod
     def cancel(self, handles, uri=None) -> list:

@@ -43,6 +43,7 @@ def _message(exc):
 
 class K8sBackend(Backend):
     name = "k8s"
+    batches = True  # a sweep is one Workflow, its cells parallel branches
 
     def __init__(self):
         self._k = None

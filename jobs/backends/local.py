@@ -31,7 +31,7 @@ from hirl_core.config import dump_config, dumps_config
 
 from .. import claim, lineage
 from ..entrypoint import int_or_zero
-from . import local_watch
+from . import common, local_watch
 from .base import INTERRUPTED_RC, Backend, BackendError, Handle, Submission
 
 PENDING = ("SCHEDULED", "RUNNING")
@@ -50,6 +50,14 @@ class LocalBackend(Backend):
         self.command_for = command_for
         self.grace_s = grace_s  # how long a stage may take to checkpoint after SIGTERM
 
+    def preflight(self, plans):
+        """Every stage's dataset is here (each distinct one checked once): a stage runs on this machine."""
+        _check_data([plan.cell for plan in plans])
+
+    def handle(self, cell, row):
+        log_path = os.path.join(cell.root, row.output_dir, "log.txt") if row.output_dir else ""
+        return Handle(row.stage, row.run_id, row.status, log_path)
+
     # -- what would run -------------------------------------------------------
     def nproc(self, plan, stage=None):
         n = self.options(plan, stage).get("nproc_per_node", 1)
@@ -59,20 +67,14 @@ class LocalBackend(Backend):
 
     @staticmethod
     def hirl_command(stage, nproc=1, python=None):
-        python = python or sys.executable
-        config = posixpath.join(stage.output_dir, "config.yaml")
-        tail = ["-m", "hirl_core", stage.type, "-c", config]
-        if nproc > 1:
-            return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] + tail
-        return [python] + tail
+        return common.stage_argv(stage.type, common.stage_config(stage), python, nproc)
 
     def command(self, stage, nproc):
         return list(self.command_for(stage)) if self.command_for else self.hirl_command(stage, nproc)
 
     @staticmethod
     def stage_env(stage, run_id, uri):
-        return {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "HIRL_STAGE": stage.name,
-                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        return common.stage_env(stage, run_id, tracking_uri=uri)  # the submitter settles the chain itself
 
     def render(self, plan):
         """Configs and a commands listing, byte-stable: the interpreter shows as ``python``
@@ -119,17 +121,15 @@ class LocalBackend(Backend):
                     handles[stage.name] = Handle(stage.name, run.run_id, now, log_path, reason=held)
                     continue
                 status, tags = lineage.run_state(run.run_id, plan.tracking_uri)
-                if status == "FINISHED" and not plan.force:
-                    _say(f"skip {stage.name} (finished, run {run.run_id})")
-                    handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="finished")
-                    continue
                 if status == "KILLED" and run.status != "KILLED":
                     _say(f"hold {stage.name}: cancelled; run {run.run_id} is KILLED")
                     handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="cancelled")
                     continue
-                if plan.only is not None and stage.name not in plan.only:
-                    _say(f"hold {stage.name}: not selected; run {run.run_id} stays {status}")
-                    handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason="not selected")
+                d = common.decide(plan, stage, status)  # the upstream was judged above: it ran here
+                if d.action != "run":
+                    _say(f"skip {stage.name} (finished, run {run.run_id})" if d.action == "skip" else
+                         f"hold {stage.name}: {d.reason}; run {run.run_id} stays {status}")
+                    handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason=d.reason)
                     continue
                 attempt = int_or_zero(tags.get("hirl.attempt")) + 1
                 handle, interrupted = self._run_stage(stage, run.run_id, status, plan, nprocs[stage.name],
@@ -212,16 +212,8 @@ class LocalBackend(Backend):
     @staticmethod
     def _reconcile(run_id, code, interrupted, uri):
         """Set the run's final status where the stage process could not."""
-        status = lineage.run_status(run_id, uri)
-        if status in PENDING:
-            if interrupted or code < 0:
-                status = "KILLED"
-            elif code != 0:
-                status = "FAILED"
-            else:
-                status = "FINISHED"  # a clean exit is success even if the stage never closed its run
-            lineage.set_run_status(run_id, status, uri)
-        elif code and status == "FINISHED":
+        status = common.settle(run_id, code, interrupted, uri)
+        if code and status == "FINISHED":
             _say(f"warning: run {run_id} is FINISHED but its process exited with code {code}")
         return status
 
@@ -229,9 +221,6 @@ class LocalBackend(Backend):
     def live_runs(self, statuses, uri=None):
         return {r.run_id for st in statuses for r in st.rows if r.status == "RUNNING" and r.output_dir and
                 _stage_pid(Handle(r.stage, r.run_id, r.status, str(Path(st.cell.root, r.output_dir, "log.txt"))))}
-
-    def status(self, handles):
-        return {h.stage: lineage.run_status(h.run_id) for h in handles}
 
     def logs(self, handle, rank=None):
         """The stage's ``log.txt`` (all attempts). Ranks share one stream locally: ``rank`` keeps
@@ -289,6 +278,27 @@ class LocalBackend(Backend):
                 if h not in acted:
                     acted.append(h)
         return acted
+
+
+def _check_data(cells):
+    from hirl_core.config import ConfigError
+    from hirl_core.data import check_data
+
+    seen = set()
+    for cell in cells:
+        for stage in cell.stages:
+            data = stage.config.get("data")
+            if not isinstance(data, dict):
+                continue
+            splits = ("train",) if stage.type == "pretrain" else ("train", "val")
+            key = (json.dumps(data, sort_keys=True, default=str), splits)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                check_data(data, splits=splits)
+            except ConfigError as exc:
+                raise ConfigError(f"stage {stage.name!r}: {exc}") from None
 
 
 PID_FILE = "pid"

@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import common
+
 ARGV_VAR = "HIRL_STAGE_ARGV"
 ORPHANED = ("the submitting process ended before this stage could start; "
             "`hirl retry` (make retry) runs it")
@@ -50,22 +52,8 @@ def _args(argv):
     return args
 
 
-def final_state(code, interrupted):
-    """The run's state from the stage's exit, where the stage left it SCHEDULED or RUNNING."""
-    if interrupted or code < 0:
-        return "KILLED"
-    return "FAILED" if code else "FINISHED"  # a clean exit is success even if the stage never closed its run
-
-
-def settle(run_id, code, interrupted, uri=None):
-    """Set the run's final state where the stage process could not; the state it ends in."""
-    from .. import lineage
-
-    status = lineage.run_status(run_id, uri)
-    if status in ("SCHEDULED", "RUNNING"):
-        status = final_state(code, interrupted)
-        lineage.set_run_status(run_id, status, uri)
-    return status
+final_state = common.final_state
+settle = common.settle
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ from hirl_core.config import dump_config, dumps_config
 
 from .. import lineage, names
 from ..entrypoint import StageCommand, int_or_zero
-from . import slurm_render as rnd
+from . import common, slurm_render as rnd
 from .base import Backend, BackendError, Handle, Submission
 from .slurm_query import FAILED_STATES, LIVE, SlurmUnavailable, check_cluster, query
 
@@ -64,6 +64,7 @@ class _Item:
 
 class SlurmBackend(Backend):
     name = "slurm"
+    batches = True  # same-shape stages of a sweep go out as one job array
 
     def __init__(self, site=None, command_for=None, hold=False):
         self.site = site or os.environ.get("HIRL_SLURM_SITE") or rnd.DEFAULT_SITE
@@ -130,23 +131,16 @@ class SlurmBackend(Backend):
         job_of = {}                                   # (plan id, stage) -> job id to depend on
         live, self._tags = self._live_jobs(plans)
         held = set()
-        depth = {id(p): {s.name: (0 if not s.upstream else None) for s in p.cell.stages} for p in plans}
-        for level in range(max(len(p.cell.stages) for p in plans)):
+        for _level, stages in common.levels(plans):
             todo = []
-            for plan in plans:
-                for stage in plan.cell.stages:
-                    d = depth[id(plan)]
-                    if d[stage.name] is None and d.get(stage.upstream) == level - 1:
-                        d[stage.name] = level
-                    if d[stage.name] != level:
-                        continue
-                    item, handle = self._decide(plan, stage, handles[id(plan)], job_of, live)
-                    if handle is not None:
-                        handles[id(plan)][stage.name] = handle
-                        if handle.reason.startswith("upstream"):
-                            held.add(id(plan))
-                    if item is not None:
-                        todo.append(item)
+            for plan, stage in stages:
+                item, handle = self._decide(plan, stage, handles[id(plan)], job_of, live)
+                if handle is not None:
+                    handles[id(plan)][stage.name] = handle
+                    if handle.reason.startswith("upstream"):
+                        held.add(id(plan))
+                if item is not None:
+                    todo.append(item)
             for group in self._groups(todo):
                 for item, jid, folder in self._submit_group(group):
                     job_of[(id(item.plan), item.stage.name)] = jid
@@ -162,24 +156,20 @@ class SlurmBackend(Backend):
         """(item to submit or None, handle or None) for one stage."""
         run = plan.runs[stage.name]
         status, tags = (run.status, {}) if run.created else self._tags[run.run_id]
-        if status == "FINISHED" and not plan.force:
-            _say(f"skip {stage.name} (finished, run {run.run_id})")
-            return None, Handle(stage.name, run.run_id, status, reason="finished")
-        if plan.only is not None and stage.name not in plan.only:
-            return None, Handle(stage.name, run.run_id, status, reason="not selected")
         old = tags.get("hirl.job_id", "")
-        if old and live.get(old) in LIVE:
+        dependency = job_of.get((id(plan), stage.upstream), "") if stage.upstream else ""
+        d = common.decide(plan, stage, status, done[stage.upstream] if stage.upstream else None,
+                          upstream_queued=bool(dependency), live_job=old if live.get(old) in LIVE else "")
+        if d.action == "skip":
+            _say(f"skip {stage.name} (finished, run {run.run_id})")
+        elif d.action == "keep":
             _say(f"keep {stage.name}: already queued as job {old} ({live[old]}), run {run.run_id}")
             job_of[(id(plan), stage.name)] = old
             return None, Handle(stage.name, run.run_id, status, reason=f"job {old}")
-        dependency = ""
-        if stage.upstream:
-            up = done[stage.upstream]
-            dependency = job_of.get((id(plan), stage.upstream), "")
-            if not dependency and up.state != "FINISHED":
-                why = f"upstream {stage.upstream} is {up.state}" + (f" ({up.reason})" if up.reason else "")
-                _say(f"hold {stage.name}: {why}; run {run.run_id} stays {status}")
-                return None, Handle(stage.name, run.run_id, status, reason=why)
+        elif d.action == "hold" and d.reason != "not selected":
+            _say(f"hold {stage.name}: {d.reason}; run {run.run_id} stays {status}")
+        if d.action != "run":
+            return None, Handle(stage.name, run.run_id, status, reason=d.reason)
         base = int_or_zero(tags.get("hirl.attempt"))
         return _Item(plan, stage, run.run_id, dependency, base), None
 
@@ -187,7 +177,7 @@ class SlurmBackend(Backend):
         """Refuse, before any run is created, what would make sbatch fail or a job run the wrong code."""
         for plan in plans:
             for stage in plan.cell.stages:
-                _require_pinned(self._prepare(plan, stage, "")[2])
+                common.require_pinned(self._prepare(plan, stage, "")[2])
         check_cluster()
 
     def _groups(self, items):
@@ -195,7 +185,7 @@ class SlurmBackend(Backend):
         groups = {}
         for item in items:
             prof, image, unpinned, python, srun_args, params = self._prepare(item.plan, item.stage, item.dependency)
-            _require_pinned(unpinned)
+            common.require_pinned(unpinned)
             item.params, item.python, item.srun_args, item.image = params, python, tuple(srun_args), image
             shape = {k: v for k, v in params.items() if k not in ("job_name", "dependency", "additional_parameters")}
             key = json.dumps([item.plan.cell.root, item.stage.name, item.stage.type, shape, python, srun_args],
@@ -388,15 +378,4 @@ def _log_path(folder, jid, rank=0, suffix="out"):
     return os.path.join(folder, f"{jid}_{rank}_log.{suffix}")
 
 
-def _strip_credentials(uri):
-    """A tracking URI without user:password@ (those stay in the job's environment, not in pickles)."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return uri
-
-
-def _require_pinned(unpinned):
-    """Refuse to submit a container job whose image is not pinned by digest (``unpinned`` says why)."""
-    if unpinned:
-        raise BackendError(unpinned)
+_strip_credentials = common.without_credentials  # the job description carries no password

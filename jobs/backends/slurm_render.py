@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import math
 import os
-import posixpath
 import re
 import shlex
 
 import yaml
 
 from .. import names, resources as res
-from ..errors import ImageError
-from ..image import DIGEST_REF, pinned_reference
+from . import common
 from .base import BackendError
+from .common import IMAGE_PLACEHOLDER, image_for  # noqa: F401 - shared by every container backend
 
 RUNTIMES = ("none", "pyxis", "apptainer")
 PROFILE_KEYS = ("description", "runtime", "python", "image", "mounts", "partition", "account", "qos",
                 "constraint", "time", "signal_delay_s", "max_timeout_requeues", "array_parallelism")
-IMAGE_PLACEHOLDER = "hirl-image-not-built@sha256:" + "0" * 64  # render only; submit refuses it
 SUBMISSION_PLACEHOLDER = "<submission>"   # the fresh per-submission folder name
 DEFAULT_SITE = "none"
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -96,25 +94,6 @@ def load_profile(site, root):
     prof["name"] = os.path.splitext(os.path.basename(path))[0]
     prof["path"] = path
     return prof
-
-
-def image_for(cell, options, profile):
-    """(image reference, why not pinned): the experiment's image, then resources.slurm.image, then the
-    profile's, then the latest `hirl image push`. A tag is pinned through the push record; ``why`` is ""
-    when the reference is pinned by digest, else the reason (render shows a placeholder, submit refuses)."""
-    if profile["runtime"] == "none":
-        return "host", ""
-    image = cell.image or options.get("image") or profile.get("image") or ""
-    scheme, _, ref = image.rpartition("://")
-    if image and (not names.IMAGE_REF.fullmatch(ref) or scheme not in ("", "docker", "oras")):
-        raise BackendError(f"unsafe image reference {image!r}")
-    if image and DIGEST_REF.search(image):
-        return image, ""
-    try:  # a tag, or nothing: what `hirl image push` recorded under this repo root
-        return (scheme + "://" if scheme else "") + pinned_reference(ref, root=cell.root), ""
-    except ImageError as exc:
-        return IMAGE_PLACEHOLDER, (f"site profile {profile['name']!r} runs a {profile['runtime']} container, "
-                                   f"which needs the image pinned by digest: {exc}")
 
 
 def _pyxis_image(image):
@@ -212,15 +191,13 @@ def batch_script(params, python, srun_args, folder, map_count=None):
 
 
 def stage_env(cell, stage, run_id, attempt_base=0):
-    """The stage's own environment (no tracking URI: it comes from the job's environment).
-    HIRL_EXPERIMENT/HIRL_CELL let the job close its chain run when it is the last stage to end."""
-    return {"MLFLOW_RUN_ID": run_id, "HIRL_STAGE": stage.name, "HIRL_EXPERIMENT": cell.experiment,
-            "HIRL_CELL": cell.cell_id, "HIRL_ATTEMPT_BASE": str(int(attempt_base)), "HF_HUB_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1"}
+    """The stage's own environment (no tracking URI: it comes from the job's environment); the job
+    closes its chain run when it is the last stage to end (common.stage_env)."""
+    return common.stage_env(stage, run_id, cell=cell, attempt_base=attempt_base)
 
 
 def stage_argv(stage, profile):
-    return [profile["python"], "-m", "hirl_core", stage.type, "-c", posixpath.join(stage.output_dir, "config.yaml")]
+    return common.stage_argv(stage.type, common.stage_config(stage), profile["python"])
 
 
 def describe(cell, stage, profile, image, argv, env, dependency):
