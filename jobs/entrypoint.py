@@ -6,10 +6,13 @@
 Discovers the torch distributed environment from SLURM's (``SLURM_PROCID``/``SLURM_NTASKS``/
 ``SLURM_LOCALID``/``SLURM_JOB_NODELIST``), from a Kubernetes Indexed Job/JobSet pod's
 (``JOB_COMPLETION_INDEX`` + ``HIRL_NNODES``; torchrun starts the ranks of a multi-GPU pod), or keeps
-torchrun's (and Kubeflow PyTorchJob's) when it is already set, then execs
-``python -m hirl_core <stage> -c <config>``. It is the image's entrypoint. ``MASTER_ADDR`` is the allocation's first host and
+torchrun's (and Kubeflow PyTorchJob's) when it is already set, then runs
+``python -m hirl_core <stage> -c <config>`` as a supervised child (``jobs.stage_supervise``: signals
+passed on, the run marked started and ended, the log's tail kept as a run artifact) and exits as it
+did. It is the image's entrypoint. ``MASTER_ADDR`` is the allocation's first host and
 ``MASTER_PORT`` is derived from the job id *and* the restart count, so a requeued job never meets
-a stale rendezvous of its previous attempt (submitit #1613).
+a stale rendezvous of its previous attempt (submitit #1613). The attempt counts SLURM requeues and
+JobSet gang restarts (``JOBSET_RESTART_ATTEMPT``); a restart resumes into the same MLflow run.
 
 ``StageCommand`` is what the SLURM backend hands to submitit: a picklable callable holding only
 argv and environment strings. Nothing live is pickled at submit time, so a requeued job rebuilds
@@ -17,7 +20,8 @@ everything from disk and resumes from ``<output_dir>/checkpoint.pth`` (fairchem 
 ``checkpoint()`` returns itself unchanged: submitit's USR2 handler (global rank 0) then requeues.
 
 Torch-free and MLflow-lazy: only global rank 0 talks to MLflow (attempt tags, a final status the
-stage could not set), so a multi-node job never opens one connection per GPU.
+stage could not set), so a multi-node job never opens one connection per GPU; ``global_rank`` knows
+it also before torchrun has set ``RANK``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import time
 from pathlib import Path
 
 PORT_BASE, PORT_SPAN = 20000, 20000
+LOG_ARTIFACT = "logs/log-tail.txt"          # the end of the stage's log, kept by its run (pods and nodes go)
+TAIL_BYTES, TAIL_LINES = 1 << 20, 2000
 INTERRUPTED = (143, 130, -15, -12, -2)      # SIGTERM/SIGUSR2/SIGINT, as exit code or -signal
 # Exit-log patterns. Out-of-memory is the job's own fault: retrying wastes the allocation.
 OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|torch\.OutOfMemoryError|MemoryError|"
@@ -90,9 +96,32 @@ def int_or_zero(text):
 
 
 def attempt(environ=None):
-    """This start of the stage: starts before this job (a retry) + SLURM requeues of this job + 1."""
+    """This start of the stage: starts before this job (a retry) + the scheduler's restarts of this job
+    (SLURM requeues; JobSet gang restarts, from its ``jobset.sigs.k8s.io/restart-attempt`` label) + 1."""
     env = os.environ if environ is None else environ
-    return int_or_zero(env.get("HIRL_ATTEMPT_BASE")) + int_or_zero(env.get("SLURM_RESTART_COUNT")) + 1
+    return (int_or_zero(env.get("HIRL_ATTEMPT_BASE")) + int_or_zero(env.get("SLURM_RESTART_COUNT"))
+            + int_or_zero(env.get("JOBSET_RESTART_ATTEMPT")) + 1)
+
+
+def global_rank(environ=None):
+    """Who this process is among all ranks, also before torchrun has set ``RANK`` (a pod whose entrypoint
+    starts torchrun itself): node rank × processes per node + local rank (0 for a node's launcher).
+    Only global rank 0 talks to MLflow."""
+    env = os.environ if environ is None else environ
+    if str(env.get("RANK", "")).strip():
+        return int_or_zero(env["RANK"])
+    node = int_or_zero(env.get("NODE_RANK") or env.get("GROUP_RANK") or env.get("JOB_COMPLETION_INDEX"))
+    per_node = max(1, int_or_zero(env.get("LOCAL_WORLD_SIZE") or env.get("HIRL_NPROC_PER_NODE") or "1"))
+    return node * per_node + int_or_zero(env.get("LOCAL_RANK"))
+
+
+def restart_follows(environ=None):
+    """True when the scheduler restarts the whole gang after this failure (JobSet ``maxRestarts`` not used
+    up, as the pod's ``HIRL_MAX_RESTARTS`` says): the stage run then stays open for the next attempt."""
+    env = os.environ if environ is None else environ
+    if not str(env.get("HIRL_MAX_RESTARTS", "")).strip():
+        return False
+    return int_or_zero(env.get("JOBSET_RESTART_ATTEMPT")) < int_or_zero(env["HIRL_MAX_RESTARTS"])
 
 
 def job_id(environ=None):
@@ -178,7 +207,7 @@ def _tracking(fn, *args):
 
 def mark_started(env):
     run_id = env.get("MLFLOW_RUN_ID")
-    if not run_id or env.get("RANK", "0") != "0":
+    if not run_id or global_rank(env) != 0:
         return
     tags = {"hirl.attempt": str(attempt(env)), "hirl.job_id": job_id(env),
             "hirl.nodes": env.get("SLURM_JOB_NODELIST", "")}
@@ -188,7 +217,7 @@ def mark_started(env):
 def mark_ended(env, outcome, detail=""):
     """Set the final status where the stage could not (killed hard, bad input before tracking)."""
     run_id = env.get("MLFLOW_RUN_ID")
-    if not run_id or env.get("RANK", "0") != "0":
+    if not run_id or global_rank(env) != 0:
         return
 
     def update(lin):
@@ -201,7 +230,7 @@ def mark_ended(env, outcome, detail=""):
             lin.set_run_status(run_id, "FINISHED" if outcome == "ok" else
                                "KILLED" if outcome == "interrupted" else "FAILED")
 
-    def close_chain(lin):  # nobody watches a SLURM chain: the stage that ends it closes the chain run
+    def close_chain(lin):  # nobody watches a cluster's chain: the stage that ends it closes the chain run
         if env.get("HIRL_EXPERIMENT") and env.get("HIRL_CELL"):
             lin.end_chain(env["HIRL_EXPERIMENT"], env["HIRL_CELL"])
     _tracking(update)
@@ -242,6 +271,8 @@ class StageCommand:
         return env
 
     def __call__(self):
+        from .stage_supervise import end_stage, keep_log_tail
+
         env = self.environment()
         mark_started(env)
         rank = env.get("RANK", "0")
@@ -252,19 +283,17 @@ class StageCommand:
             code = proc.wait()
         except BaseException as exc:  # submitit's USR2 handler: let the stage stop at its next step
             _wait(proc, 20.0)
+            keep_log_tail(env, _log_tail())
             if not isinstance(exc, SystemExit):  # not requeued: the time-limit requeues are used up
                 mark_ended(env, "timeout", f"{type(exc).__name__}: {exc}")
             raise
-        outcome = classify(code, _log_tail())
-        if outcome == "ok":
-            mark_ended(env, "ok")
-            return code
-        if outcome == "node" and rank == "0" and _retry_elsewhere(env):
+        tail = _log_tail()
+        if classify(code, tail) == "node" and rank == "0" and _retry_elsewhere(env):
+            keep_log_tail(env, tail)
             sys.exit(-1)  # like submitit after a requeue: no result file, the job is not over
-        detail = f"exit code {code}" + {"oom": ": out of memory, not retried",
-                                        "node": ": node fault (NCCL/ECC), already retried once",
-                                        "interrupted": ": interrupted by a signal"}.get(outcome, "")
-        mark_ended(env, outcome, detail)
+        outcome, detail = end_stage(env, code, tail)
+        if outcome == "ok":
+            return code
         raise StageFailed(f"{outcome}: {detail}")
 
 
@@ -291,7 +320,7 @@ def _retry_elsewhere(env):
     return True
 
 
-def _log_tail(limit=65536):
+def _log_tail(limit=TAIL_BYTES):
     """The end of this task's stdout + stderr files (submitit's per-task logs)."""
     text = ""
     try:
@@ -318,7 +347,9 @@ def _wait(proc, timeout):
 
 
 def stage_argv(stage_type, config, python=None):
-    return [python or sys.executable, "-m", "hirl_core", stage_type, "-c", str(config)]
+    from .backends.common import stage_argv as argv  # the one builder every backend uses
+
+    return argv(stage_type, config, python)
 
 
 def main(argv=None):
@@ -329,9 +360,9 @@ def main(argv=None):
     env = dict(os.environ)
     env.update(dist_env(env) or k8s_env(env))
     command = args[1:] if args[0] == "--" else launch_argv(stage_argv(args[0], "", None)[:4] + args[1:], env)
-    mark_started(env)
-    sys.stdout.flush()
-    os.execvpe(command[0], command, env)
+    from .stage_supervise import supervise
+
+    return supervise(command, env)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ import sys
 from dataclasses import dataclass
 
 from .. import names
+from ..entrypoint import LOG_ARTIFACT  # noqa: F401 - the end of a stage's log, kept by the stage run itself
 from ..errors import ImageError
 from ..image import DIGEST_REF, pinned_reference
 from .base import BackendError
 
 IMAGE_PLACEHOLDER = "hirl-image-not-built@sha256:" + "0" * 64  # render only; submit refuses it
-LOG_ARTIFACT = "logs/log-tail.txt"   # the end of a stage's log, kept by the stage run itself
 OPEN = ("SCHEDULED", "RUNNING")
 
 
