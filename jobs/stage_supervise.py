@@ -71,7 +71,8 @@ def supervise(argv, env, cwd=None):
     started and ended (also when the stage exits before its own tracking starts). The exit code: the
     stage's own, or 128 + the signal that killed it."""
     mark_started(env)
-    print(f"[hirl] rank {global_rank(env)} attempt {attempt(env)} on {os.uname().nodename}: {' '.join(argv)}",
+    print(f"[hirl] rank {global_rank(env)}/{env.get('WORLD_SIZE', '1')} attempt {attempt(env)} on "
+          f"{os.uname().nodename}: {' '.join(argv)}",
           file=sys.stderr, flush=True)
     tail, got = _Tail(), []
     try:
