@@ -8,6 +8,7 @@ SHELL := /bin/bash
 # uval(NAME,default): NAME as given on the command line or in the environment, unexpanded; else default.
 uval = $(if $(filter undefined,$(origin $(1))),$(2),$(value $(1)))
 export HIRL_MAKE_EXP     := $(call uval,EXP,demo)
+export HIRL_MAKE_UI_EXP  := $(call uval,EXP,)
 export HIRL_MAKE_BACKEND := $(call uval,BACKEND,local)
 export HIRL_MAKE_SET     := $(call uval,SET,)
 export HIRL_MAKE_DATA    := $(call uval,DATA,)
@@ -120,8 +121,8 @@ retry: setup  ## rerun only the FAILED/KILLED stages of EXP (and what they held 
 report: setup  ## the model-zoo table of EXP from MLflow: Markdown, CSV, bar chart (OUT=dir), logged to MLflow
 	$(HIRL) report $(EXP_ARGS) $(OUT_ARG)
 
-ui: setup  ## the MLflow UI on http://127.0.0.1:$(PORT)
-	$(HIRL) ui --port "$$HIRL_MAKE_PORT"
+ui: setup  ## the MLflow UI on http://127.0.0.1:$(PORT); prints the runs table of the latest experiment (or EXP=)
+	$(HIRL) ui --port "$$HIRL_MAKE_PORT" $(if $(strip $(HIRL_MAKE_UI_EXP)),--experiment "$$HIRL_MAKE_UI_EXP")
 
 test: setup data  ## the whole test suite
 	$(PY) -m pytest -q

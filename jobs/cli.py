@@ -120,9 +120,12 @@ def build_parser():
 
     image.add_parser(sub)
 
-    p = sub.add_parser("ui", help="serve the MLflow UI on the tracking store")
+    p = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints the address of the runs "
+                                  "table of the latest experiment (or --experiment)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--experiment", default="", metavar="EXP", help="experiment name or spec (default: the "
+                                                                   "one with the newest run)")
     return parser
 
 
@@ -224,12 +227,34 @@ def _submit_claimed(args, backend, sweep, cells, uri):
     return rc
 
 
-def cmd_ui(args):
-    from .lineage import tracking_uri
+def _ui_experiment(c, name):
+    from . import mlflow_view
 
-    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
+    exp = mlflow_view.latest_experiment(c, name)
+    if exp is None and name:  # a spec name or path: its experiment is the spec's name
+        from .matrix import load_sweep
+
+        exp = c.get_experiment_by_name(load_sweep(name).name)
+    return exp
+
+
+def cmd_ui(args):
+    from . import lineage, mlflow_view
+
+    uri = lineage.tracking_uri()
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--host", args.host, "--port", str(args.port)]
     print(" ".join(argv), flush=True)
+    if lineage.store_exists(uri):
+        c = lineage.client(uri)
+        mlflow_view.mark_project_experiments(c)  # a click on the experiment lands in its runs table too
+        exp = _ui_experiment(c, args.experiment)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        if exp is not None:
+            view = mlflow_view.save_view(c, exp.experiment_id)
+            print(f"runs of {exp.name}: {mlflow_view.runs_url(host, args.port, exp.experiment_id, view)}", flush=True)
+        elif args.experiment:
+            print(f"no experiment {args.experiment!r} in {uri} yet (hirl submit {args.experiment})", flush=True)
     os.execv(sys.executable, argv)  # replaces this process; Ctrl-C goes straight to the server
 
 

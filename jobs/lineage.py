@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hirl_core.config import dump_config
 
+from . import mlflow_view
 from .dag import assign_outputs
 
 DEFAULT_DB = "mlflow.db"
@@ -152,6 +153,8 @@ def _experiment_id(c, name, create):
     if exp is not None:
         if exp.lifecycle_stage == "deleted" and create:
             c.restore_experiment(exp.experiment_id)
+        if create and not exp.tags.get(mlflow_view.KIND_TAG):  # made before the project set the kind
+            mlflow_view.mark_experiment(c, exp.experiment_id)
         return exp.experiment_id
     if not create:
         return None
@@ -159,7 +162,9 @@ def _experiment_id(c, name, create):
     db = sqlite_path(c.tracking_uri)
     if db:  # keep artifacts next to the database (./mlartifacts), not in a cwd-relative ./mlruns
         location = (Path(db).resolve().parent / "mlartifacts" / name).as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    exp_id = c.create_experiment(name, artifact_location=location,
+                                 tags={mlflow_view.KIND_TAG: mlflow_view.KIND})  # the UI opens its runs table
+    return exp_id
 
 
 def _search(c, exp_id, filter_string):
@@ -247,6 +252,8 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
             tags["mlflow.note.content"] = cell.description
         name = f"{cell.experiment}-{cell.cell_id[:8]}"
         chain_id = c.create_run(exp_id, tags=tags, run_name=name).info.run_id
+        for batch in mlflow_view.param_batches(mlflow_view.chain_params(cell)):
+            c.log_batch(chain_id, params=batch)
     else:
         chain_id = chain.info.run_id
         for key, value in extra.items():
@@ -274,7 +281,7 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
     with tempfile.TemporaryDirectory() as tmp:
         for stage in created:
             run_id = runs[stage.name].run_id
-            c.set_tag(run_id, "hirl.output_dir", stage.output_dir)
+            mlflow_view.log_stage_run(c, run_id, stage, {"hirl.output_dir": stage.output_dir})
             dump_config(stage.config, os.path.join(tmp, stage.name, "config.yaml"))
             c.log_artifact(run_id, os.path.join(tmp, stage.name, "config.yaml"))
     for stage in cell.stages:
@@ -461,7 +468,9 @@ def end_chain(experiment_name, cell_id, uri=None, close_sweep=True):
     chain = find_chain(experiment_name, cell_id, uri)
     if chain is None:
         return None
-    final = fold_states(r.status for r in chain_status(experiment_name, cell_id, uri=uri))
+    rows = chain_status(experiment_name, cell_id, uri=uri)
+    mlflow_view.log_chain_metrics(client(uri), chain, rows)  # the runs table shows them on the chain row
+    final = fold_states(r.status for r in rows)
     if final is None:  # stages still pending or running: the chain is not over
         return "RUNNING"
     set_run_status(chain.info.run_id, final, uri)

@@ -132,6 +132,7 @@ CASES = [
     ("retry", {"EXP": V[15], "CELL": V[16]}, ["retry", V[15], "--cell", V[16]]),
     ("report", {"EXP": V[17], "OUT": V[18]}, ["report", V[17], "--out", V[18]]),
     ("ui", {"PORT": V[19]}, ["ui", "--port", V[19]]),
+    ("ui", {"PORT": V[19], "EXP": V[0]}, ["ui", "--port", V[19], "--experiment", V[0]]),
 ]
 
 
