@@ -221,6 +221,10 @@ def _submit_claimed(args, backend, sweep, cells, uri):
         return rc
     statuses = lineage.sweep_status(sweep.name, cells, uri=uri)
     state = lineage.end_sweep(ref.run_id, [st.status for st in statuses], uri)
+    if state != "RUNNING":  # the sweep run holds its model-zoo table and chart (artifacts report/)
+        from . import report
+
+        report.log_at_sweep_end(sweep, statuses, uri, backend.name)
     print(f"\nsweep {sweep.name}-{sweep.sweep_id[:8]}: {state} ({counts(statuses)})")
     print_sweep(statuses)
     print(f"table: hirl report {args.experiment} · open the MLflow UI: make ui  (tracking: {uri})")

@@ -231,3 +231,16 @@ def log_to_mlflow(sweep, table, paths, uri, backend="local"):
         c.log_artifact(run_id, path, "report")
     c.set_tag(run_id, "mlflow.note.content", table.markdown)
     return run_id
+
+
+def log_at_sweep_end(sweep, statuses, uri, backend="local"):
+    """When a sweep ends, its run gets the table and the chart (as ``hirl report`` would log them), so
+    the UI holds the model-zoo table of every finished sweep; the run id."""
+    import tempfile
+
+    from . import names
+
+    table = build(sweep, statuses)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write(table, tmp, names.file_name(sweep.name))
+        return log_to_mlflow(sweep, table, paths, uri, backend)
