@@ -144,6 +144,20 @@ def settle(run_id, code, interrupted=False, uri=None):
     return status
 
 
+def settle_from_scheduler(run_id, status, final, why, uri=None):
+    """The scheduler says a stage's job ended (``final``: FAILED or KILLED; None: not ended) while its run
+    is still open (``status``): no stage process will say so any more. Set it, with ``why`` as
+    ``hirl.reason``; True when it did."""
+    from .. import lineage
+
+    if final is None or status not in OPEN:
+        return False
+    if why:
+        lineage.set_tags(run_id, {"hirl.reason": why}, uri)
+    lineage.set_run_status(run_id, final, uri)
+    return True
+
+
 def log_artifact(run_id, uri=None):
     """The stage log's tail that the stage run keeps as ``logs/log-tail.txt``, or "" (none, no store)."""
     from .. import lineage

@@ -311,11 +311,11 @@ class SlurmBackend(Backend):
                 reason = "DependencyNeverSatisfied"  # sacct keeps only "Dependency"
             reason = "" if reason == "None" else reason
             why = tags.get("hirl.reason", "")
-            if status in ("SCHEDULED", "RUNNING") and state not in LIVE and state != "COMPLETED":
+            if status in common.OPEN and state not in LIVE and state != "COMPLETED":
                 why = why or ("cancelled by SLURM: its upstream job did not succeed"
                               if reason == "DependencyNeverSatisfied" else f"SLURM job {jid} ended {state}")
-                lineage.set_tags(h.run_id, {"hirl.reason": why}, uri)
-                lineage.set_run_status(h.run_id, "FAILED" if state in FAILED_STATES else "KILLED", uri)
+                common.settle_from_scheduler(h.run_id, status, "FAILED" if state in FAILED_STATES else "KILLED",
+                                             why, uri)
             text = f"{state} ({reason})" if reason else state
             out[h.stage] = f"{text}: {why}" if why and state not in LIVE and state != "COMPLETED" else text
         return out
