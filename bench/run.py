@@ -166,7 +166,9 @@ def _slurm_submit_100(tmp: Path) -> dict:
     backend = SlurmBackend(site=str(tmp / "slurm" / "bench.yaml"), hold=True)  # held: queued, never started
     uri = lineage.tracking_uri()
     ref = lineage.SweepRef(sweep.sweep_id, lineage.ensure_sweep_run(sweep, backend, uri))
-    runs = [lineage.ensure_chain(cell, backend, uri=uri, sweep=ref) for cell in sweep.cells]
+    from jobs.lineage_bulk import ensure_chains
+
+    runs = ensure_chains(sweep.cells, backend, uri=uri, sweep=ref)  # as hirl submit creates them
     t_lineage = time.perf_counter() - t0
     t1 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -185,8 +187,8 @@ def _slurm_submit_100(tmp: Path) -> dict:
     return {"sweep_cells": len(sweep.cells), "jobs_in_queue": len(set(out) & set(ids)), "arrays": len(arrays),
             "sweep_100_to_queue_s": round(t_queue, 2), "sweep_100_sbatch_s": round(t_submit, 2),
             "sweep_100_mlflow_lineage_s": round(t_lineage, 2),
-            "sweep_100_total_s": round(t_lineage + t_queue, 2), "target_s": 10.0,
-            "within_target": t_queue <= 10.0,
+            "sweep_100_total_s": round(t_lineage + t_queue, 2), "target_s": 5.0,
+            "within_target": t_lineage + t_queue <= 5.0,  # the whole submission, not its queueing alone
             "note": "to_queue = backend submit (2 job arrays, 200 pickled StageCommands) until squeue lists all "
                     "tasks; lineage = creating the 301 MLflow runs on sqlite, which hirl submit does first"}
 
@@ -210,13 +212,15 @@ def bench_tracking_load() -> dict:
 
 sys.path.insert(0, str(ROOT / "bench"))
 from science import bench_baselines, bench_hierarchical_kmeans, bench_hirl, bench_seed_loops  # noqa: E402
+from submit import bench_submit_lineage  # noqa: E402
 
 BENCHES = {"foundation": bench_foundation, "orchestrator": bench_orchestrator, "slurm_submit": bench_slurm_submit,
            "baselines": bench_baselines, "hirl": bench_hirl, "hierarchical_kmeans": bench_hierarchical_kmeans,
-           "seed_loops": bench_seed_loops, "tracking_load": bench_tracking_load}
-TORCH_FREE = {"orchestrator", "slurm_submit", "tracking_load"}
+           "seed_loops": bench_seed_loops, "tracking_load": bench_tracking_load, "submit_lineage": bench_submit_lineage}
+TORCH_FREE = {"orchestrator", "slurm_submit", "tracking_load", "submit_lineage"}
 # Benches whose results are keys in another bench's file (merged into it, never overwriting it).
-MERGE_INTO = {"slurm_submit": "orchestrator", "hierarchical_kmeans": "hirl", "seed_loops": "baselines",
+MERGE_INTO = {"slurm_submit": "orchestrator", "submit_lineage": "orchestrator", "hierarchical_kmeans": "hirl",
+              "seed_loops": "baselines",
               "tracking_load": "tracking"}
 
 

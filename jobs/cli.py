@@ -158,7 +158,7 @@ def cmd_plan(args):
 
 # -- submit -------------------------------------------------------------------------------------
 def cmd_submit(args):
-    from . import lineage
+    from . import lineage, lineage_bulk
 
     backend = get_backend(args.backend)
     sweep = load(args)
@@ -192,7 +192,7 @@ def _submit_claimed(args, backend, sweep, cells, uri):
         if ref.run_id:
             lineage.set_run_status(ref.run_id, "RUNNING", uri)
         # Every cell's runs exist before anything runs: the UI shows the whole sweep, cancel can reach it.
-        all_runs = [lineage.ensure_chain(cell, backend, force=args.force, uri=uri, sweep=ref) for cell in cells]
+        all_runs = lineage_bulk.ensure_chains(cells, backend, force=args.force, uri=uri, sweep=ref)
         for cell, runs in zip(cells, all_runs):
             claim.note_run(cell, next((r.run_id for r in runs.values() if r.status != "FINISHED"), ""))
         if sweep.is_matrix and not args.force and all(r.status == "FINISHED"

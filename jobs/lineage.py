@@ -259,7 +259,7 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
         for key, value in extra.items():
             if chain.data.tags.get(key) != value:
                 c.set_tag(chain_id, key, value)
-    existing = {} if force else _latest_stage_runs(c, exp_id, chain_id)
+    existing = {} if force or chain is None else _latest_stage_runs(c, exp_id, chain_id)  # a new chain has none
 
     runs, created = {}, []
     for stage in cell.stages:  # topological: an upstream's run id is known first
