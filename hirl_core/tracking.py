@@ -36,6 +36,14 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+def _refused(exc) -> bool:
+    """The server answered and refused this write itself (a 4xx other than 429: a param changing value,
+    a deleted run): sending it again cannot help, unlike a server that is down or overloaded."""
+    status = getattr(exc, "get_http_status_code", None)
+    code = status() if callable(status) else 500
+    return 400 <= code < 500 and code != 429
+
+
 class Spool:
     """An append-only JSONL file of tracking writes and the fsynced byte offset delivered so far."""
 
@@ -46,6 +54,22 @@ class Spool:
             self.offset = int(self.offset_path.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
             self.offset = 0
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        """An attempt killed in the middle of an append left part of a line: drop it, or the next record
+        would be glued to it. That write was never acknowledged, so nothing is lost that was kept."""
+        size = self.size()
+        if not size:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            f.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
+            os.fsync(f.fileno())
 
     def size(self) -> int:
         try:
@@ -177,8 +201,15 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - an Interrupted (BaseException) still stops the stage
             if spool is None:
                 raise
+            if _refused(exc):
+                self._dropped(record, exc)
+                return
             spool.append(record)
             self._down(exc)
+
+    def _dropped(self, record, exc) -> None:
+        print(f"[tracking] the tracking server refused a {record['op']} write for good, dropped "
+              f"({' '.join(str(exc).split())[:200]})", file=sys.stderr, flush=True)
 
     def _down(self, exc) -> None:
         if not self._next_probe:
@@ -208,7 +239,12 @@ class Tracker:
             return False
         try:
             for record, end in spool.records():
-                self._apply(record)
+                try:
+                    self._apply(record)
+                except Exception as exc:  # noqa: BLE001
+                    if not _refused(exc):
+                        raise
+                    self._dropped(record, exc)  # kept, it would hold back every write after it forever
                 spool.commit(end)
         except Exception as exc:  # noqa: BLE001
             self._down(exc)
