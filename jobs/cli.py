@@ -158,7 +158,7 @@ def cmd_plan(args):
 
 # -- submit -------------------------------------------------------------------------------------
 def cmd_submit(args):
-    from . import lineage, lineage_bulk
+    from . import lineage
 
     backend = get_backend(args.backend)
     sweep = load(args)
@@ -178,7 +178,7 @@ def cmd_submit(args):
 
 
 def _submit_claimed(args, backend, sweep, cells, uri):
-    from . import lineage
+    from . import lineage, lineage_bulk
 
     if sweep.is_matrix:
         print(f"experiment {sweep.name}, sweep {sweep.sweep_id}: {len(cells)} cells, "
