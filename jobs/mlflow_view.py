@@ -48,9 +48,16 @@ def param_batches(params):
     return [items[i:i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]
 
 
+# Params the stage process logs itself with the values it resolved (pretrain: precision "auto" -> "bf16";
+# knn: backbone_prefix "auto" -> "backbone."). MLflow refuses to change a param, so the submission leaves
+# these keys to the stage.
+STAGE_LOGGED = frozenset({"method", "arch", "epochs", "lr", "batch_size_total", "world_size", "precision",
+                          "pretrained", "backbone_prefix"})
+
+
 def stage_params(stage):
-    """The stage's resolved config, flattened; ``method.name`` etc. also for stages whose config has none."""
-    return flatten(stage.config)
+    """The stage's resolved config, flattened, less the keys the stage logs itself."""
+    return {k: v for k, v in flatten(stage.config).items() if k not in STAGE_LOGGED}
 
 
 def chain_params(cell):

@@ -3,11 +3,13 @@ the address ``hirl ui`` prints (what ``make ui`` runs) shows the model-training 
 run, its stage runs, the key metric and the config params. Skipped without chromium unless
 HIRL_REQUIRE_BROWSER=1."""
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -57,13 +59,18 @@ def _start_ui(root, port):
     """``hirl ui`` as ``make ui`` runs it; the runs-table address it prints."""
     proc = subprocess.Popen([sys.executable, "-m", "jobs", "ui", "--port", str(port)], cwd=root, env=_env(root),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = queue.Queue()  # read in a thread: a server that prints nothing more must not block the test
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     url, deadline = None, time.monotonic() + 120
     while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
         found = re.search(r"runs of uitiny: (\S+)", line)
         url = found.group(1) if found else None
+        if url is None and "runs of" not in line and "mlflow ui" not in line:
+            deadline = min(deadline, time.monotonic() + 30)  # the server talks: the address came before it
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
@@ -103,6 +110,12 @@ def test_make_ui_address_shows_the_chain_in_the_model_training_runs_table(tmp_pa
     exp = client.get_experiment_by_name("uitiny")
     runs = client.search_runs([exp.experiment_id])
     chain = next(r for r in runs if r.data.tags.get("hirl.kind") == "chain")
+    stages = {r.data.tags["hirl.stage"]: r for r in runs if "hirl.stage" in r.data.tags}
+    assert {k: r.info.status for k, r in stages.items()} == {"pretrain": "FINISHED", "knn": "FINISHED"}
+    # the params the stages log themselves (resolved) sit beside the submitted config: none was refused
+    assert "precision" in stages["pretrain"].data.params and "optimizer.lr" in stages["pretrain"].data.params
+    assert "backbone_prefix" in stages["knn"].data.params and "knn.k" in stages["knn"].data.params
+    assert not list(tmp_path.glob("outputs/**/mlflow_spool.jsonl")), "tracking writes left undelivered"
     assert chain.data.metrics.get("knn_top1_k20") is not None  # the real chain logged its key number
     text = re.sub(r"<[^>]+>", " ", dom)
     assert "Model training" in dom and "0 traces" not in text
