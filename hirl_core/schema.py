@@ -184,11 +184,12 @@ PROB_PER_CROP = Either(FRACTION, Seq(FRACTION))
 # Sections that must be mappings; True: null is allowed too (a knn takes the pre-training's backbone,
 # a baseline has no hirl).
 PRETRAIN_SECTIONS = {"method": False, "backbone": False, "data": False, "optimizer": False, "schedule": False,
-                     "augment": False, "hirl": True, "hirl.kmeans": False}
-KNN_SECTIONS = {"backbone": True, "data": False, "knn": False}
+                     "augment": False, "hirl": True, "hirl.kmeans": False, "tracking": False}
+KNN_SECTIONS = {"backbone": True, "data": False, "knn": False, "tracking": False}
 
 COMMON = {
     "seed": INDEX, "device": Choice(DEVICES), "output_dir": Text(),
+    "tracking.system_metrics_interval_s": Num(1, null="no system metrics"),
     "data.dataset": Choice(DATASETS), "data.root": Text(null="the dataset's default"),
     "data.train_subset": Int(1, null="all"), "data.val_subset": Int(1, null="all"), "data.subset_seed": INDEX,
     "data.image_size": COUNT, "data.channels": Choice((1, 3)), "data.train_dir": Text(), "data.val_dir": Text(),

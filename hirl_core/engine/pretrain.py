@@ -23,6 +23,7 @@ from ..data.build import build_eval_dataset, build_pretrain_dataset
 from ..hirl.epoch import recluster, tree_from_state, tree_state
 from ..hirl.wrapper import HIRL
 from ..methods import build_method
+from .. import system_metrics
 from ..tracking import Tracker
 from . import checkpoint as ckpt
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
@@ -125,6 +126,7 @@ def run_pretrain(cfg) -> dict:
         if not (out / "config.yaml").exists():
             dump_config(cfg, out / "config.yaml")
     tracker = Tracker(info.is_main, spool_dir=out)  # a tracking outage waits in out/, never stops training
+    monitor = system_metrics.start(cfg, tracker.run_id)  # node-local rank 0 of every node (when on)
     if tracker.active:
         tracker.artifact(str(out / "config.yaml"))
         if start_epoch == 0:
@@ -185,6 +187,7 @@ def run_pretrain(cfg) -> dict:
         tracker.finish("FAILED")
         raise
     finally:
+        system_metrics.stop(monitor)
         for s, h in previous.items():
             signal.signal(s, h)
     return history[-1] if history else {}

@@ -18,6 +18,7 @@ from ..engine.distributed import init_distributed
 from ..engine.pretrain import seed_all
 from ..models import build_backbone
 from ..models.loading import load_backbone
+from .. import system_metrics
 from ..tracking import Tracker
 from .knn import extract_features, weighted_knn
 
@@ -62,6 +63,7 @@ def run_knn(cfg) -> dict:
     if not (out / "config.yaml").exists():
         dump_config(cfg, out / "config.yaml")
     tracker = Tracker(True, spool_dir=out)
+    monitor = system_metrics.start(cfg, tracker.run_id)
     try:
         tracker.artifact(str(out / "config.yaml"))
         tracker.params({"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch})
@@ -83,4 +85,6 @@ def run_knn(cfg) -> dict:
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        system_metrics.stop(monitor)
     return metrics
