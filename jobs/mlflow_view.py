@@ -106,7 +106,14 @@ def log_stage_run(c, run_id, stage, extra_tags=None):
         c.log_batch(run_id, params=batch, tags=tags if i == 0 else [])
     ds = dataset_input(stage)
     if ds is not None:
-        c.log_inputs(run_id, datasets=[ds])
+        from mlflow.exceptions import MlflowException
+
+        try:
+            c.log_inputs(run_id, datasets=[ds])
+        except MlflowException:
+            # Chains created in parallel log the same dataset (name, digest) at once: the store's unique
+            # key lets one insert win and fails the other's transaction whole; the retry finds that row.
+            c.log_inputs(run_id, datasets=[ds])
 
 
 def chain_metrics(rows):
