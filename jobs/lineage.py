@@ -84,28 +84,6 @@ def check_tracking(uri=None):
                         f"(make tracking-up) or point MLFLOW_TRACKING_URI at one that runs") from None
 
 
-def check_tracking(uri=None):
-    """An http(s) tracking server must answer now, in one quick request: MLflow's own client would retry
-    a dead one for minutes and then raise a long traceback, after some runs or jobs may already exist."""
-    import urllib.error
-    import urllib.request
-
-    from .errors import SpecError
-
-    uri = uri or tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    timeout = float(os.environ.get("HIRL_TRACKING_PROBE_TIMEOUT_S") or 5)
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered (an auth proxy may refuse /health)
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "reason", exc)
-        raise SpecError(f"the tracking server MLFLOW_TRACKING_URI={uri} does not answer ({why}); start it "
-                        f"(make tracking-up) or point MLFLOW_TRACKING_URI at one that runs") from None
-
-
 def sqlite_path(uri=None):
     """The database file of a ``sqlite:///`` URI, else None."""
     uri = uri or tracking_uri()
