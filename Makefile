@@ -155,10 +155,10 @@ dev-slurm-down:  ## stop the SLURM dev cluster (exactly what dev-slurm-up starte
 	@bash slurm/dev-down.sh
 
 dev-k8s-up:  ## a Kubernetes API server with the JobSet/Argo/Kueue CRDs on 127.0.0.1 for BACKEND=k8s (no controllers)
-	@K8S_API_DIR="$$HIRL_K8S_DIR" bash k8s/dev-api-up.sh >/dev/null && echo "k8s dev API server up; for kubectl: export KUBECONFIG=$$HIRL_K8S_DIR/kubeconfig"
+	@K8S_API_DIR="$$HIRL_K8S_DIR" bash k8s/dev-api.sh up >/dev/null && echo "k8s dev API server up; for kubectl: export KUBECONFIG=$$HIRL_K8S_DIR/kubeconfig"
 
 dev-k8s-down:  ## stop the dev API server (exactly what dev-k8s-up started)
-	@K8S_API_DIR="$$HIRL_K8S_DIR" bash k8s/dev-api-down.sh
+	@K8S_API_DIR="$$HIRL_K8S_DIR" bash k8s/dev-api.sh down
 
 clean:  ## remove outputs and the local MLflow store (asks nothing: be sure)
 	rm -rf outputs mlruns mlartifacts mlflow.db
