@@ -20,12 +20,11 @@ import uuid
 
 from .. import lineage, names
 from ..entrypoint import int_or_zero
-from . import k8s_render as kr
+from . import common, k8s_render as kr
 from .base import Backend, BackendError, Handle, Submission
-from .slurm_render import image_for
 
 TIMEOUT_S = 5                   # an API server that takes longer is treated as not answering
-OPEN = ("SCHEDULED", "RUNNING")
+OPEN = common.OPEN
 WF_DONE = ("Succeeded", "Failed", "Error")
 _REPORTED = set()
 
@@ -59,7 +58,7 @@ class K8sBackend(Backend):
 
     # -- what would run -------------------------------------------------------------------------
     def _image(self, plan, options):
-        image, why = image_for(plan.cell, options, {"runtime": "kubernetes", "name": "k8s", "image": None})
+        image, why = common.image_for(plan.cell, options, {"runtime": "kubernetes", "name": "k8s", "image": None})
         return image, (f"the k8s backend runs a container, which {why.split('which ', 1)[1]}" if why else "")
 
     def _job(self, plan, stage, run_id, after="", attempt_base=0):
@@ -207,28 +206,21 @@ class K8sBackend(Backend):
         for stage in plan.cell.stages:
             run = plan.runs[stage.name]
             status, tags = states[stage.name]
-            if status == "FINISHED" and not plan.force:
+            queued_up = bool(stage.upstream) and stage.upstream in queued
+            d = common.decide(plan, stage, status, handles[stage.upstream] if stage.upstream else None,
+                              upstream_queued=queued_up, live_job=live)
+            if d.action == "skip":
                 _say(f"skip {stage.name} (finished, run {run.run_id})")
-                handles[stage.name] = Handle(stage.name, run.run_id, status, reason="finished")
-                continue
-            if plan.only is not None and stage.name not in plan.only:
-                handles[stage.name] = Handle(stage.name, run.run_id, status, reason="not selected")
-                continue
-            if live:
+            elif d.action == "keep":
                 _say(f"keep {stage.name}: Workflow {live} still runs it, run {run.run_id}")
-                handles[stage.name] = Handle(stage.name, run.run_id, status, reason=f"workflow {live}")
+                d.reason = f"workflow {live}"
+            elif d.action == "hold" and d.reason != "not selected":
+                _say(f"hold {stage.name}: {d.reason}; run {run.run_id} stays {status}")
+                held = True
+            if d.action != "run":
+                handles[stage.name] = Handle(stage.name, run.run_id, status, reason=d.reason)
                 continue
-            after = ""
-            if stage.upstream:
-                up = handles[stage.upstream]
-                if stage.upstream in queued:
-                    after = stage.upstream
-                elif up.state != "FINISHED":
-                    why = f"upstream {stage.upstream} is {up.state}" + (f" ({up.reason})" if up.reason else "")
-                    _say(f"hold {stage.name}: {why}; run {run.run_id} stays {status}")
-                    handles[stage.name] = Handle(stage.name, run.run_id, status, reason=why)
-                    held = True
-                    continue
+            after = stage.upstream if queued_up else ""
             job, why = self._job(plan, stage, run.run_id, after, int_or_zero(tags.get("hirl.attempt")))
             if why:
                 raise BackendError(why)
@@ -286,7 +278,7 @@ class K8sBackend(Backend):
     def status(self, handles, uri=None):
         """{stage: state text} from the workloads and the Workflow; also settles the MLflow state of a
         stage that ended without saying so (failed pods, an upstream that failed, a deleted Workflow)."""
-        from .k8s_state import settle, state_of
+        from .k8s_state import state_of
 
         uri = uri or lineage.tracking_uri()
         info = {h.stage: lineage.run_state(h.run_id, uri) for h in handles}
@@ -307,7 +299,7 @@ class K8sBackend(Backend):
                     print(f"hirl: {exc}", file=sys.stderr, flush=True)
                 out[h.stage] = "no answer"
                 continue
-            settle(h.run_id, status, final, why, uri)
+            common.settle_from_scheduler(h.run_id, status, final, why, uri)
             out[h.stage] = text
         return out
 

@@ -4,7 +4,7 @@ A stage's state comes from its workload (JobSet ``status.terminalState``, its co
 replicated-job counts; a suspended JobSet waits for Kueue) and, while no workload exists yet, from
 the Workflow's DAG node for its task. States that no stage process could write to MLflow (pods that
 failed, a stage Argo never ran because its upstream failed, a Workflow deleted by hand) are settled
-here, as the SLURM backend does from sacct.
+here (``common.settle_from_scheduler``), as the SLURM backend does from sacct.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import time
 from .. import lineage
 from . import k8s_render as kr
 from .base import BackendError
-
-OPEN = ("SCHEDULED", "RUNNING")
+from .common import OPEN, log_artifact
 WF_DONE = ("Succeeded", "Failed", "Error")
 
 
@@ -77,14 +76,6 @@ def state_of(workload, wf, tags):
         return (f"not run: Workflow {phase}", "KILLED",
                 f"not run: Workflow {name} ended {phase} before creating it"[:500])
     return f"waiting in Workflow {name} ({phase})", None, ""
-
-
-def settle(run_id, status, final, why, uri):
-    if final is None or status not in OPEN:
-        return
-    if why:
-        lineage.set_tags(run_id, {"hirl.reason": why}, uri)
-    lineage.set_run_status(run_id, final, uri)
 
 
 # -- cancel ------------------------------------------------------------------------------------------
@@ -205,22 +196,6 @@ def _say(message):
 
 
 # -- logs ----------------------------------------------------------------------------------------------
-def _artifact_log(run_id):
-    """The stage's log kept as a run artifact (its tail), or ""."""
-    try:
-        c = lineage.client()
-        paths = [f.path for f in c.list_artifacts(run_id)]
-        paths += [f.path for d in ("logs", "log") if d in paths for f in c.list_artifacts(run_id, d)]
-        logs = sorted(p for p in paths if p.endswith((".log", ".txt")) and "log" in p.rsplit("/", 1)[-1])
-        if not logs:
-            return ""
-        import mlflow.artifacts
-
-        return mlflow.artifacts.load_text(f"runs:/{run_id}/{logs[0]}")
-    except Exception:  # noqa: BLE001 - no artifact store, or nothing there
-        return ""
-
-
 def stage_log(backend, handle, rank=None):
     """The pod log of node ``rank`` (default 0) while pods exist, else the run's log artifact."""
     from kubernetes.client.rest import ApiException
@@ -240,7 +215,7 @@ def stage_log(backend, handle, rank=None):
                                          what="reading the pod log")
         except (ApiException, BackendError):
             pass  # no pods (gone, or no core API here): the artifact below
-    text = _artifact_log(handle.run_id)
+    text = log_artifact(handle.run_id)  # logs/log-tail.txt, kept by the stage run's entrypoint
     if not text and _status != "SCHEDULED":  # a stage that never started: the CLI says so itself
         where = (f"pods of {tags.get('hirl.k8s_kind', 'JobSet')} {ns}/{tags['hirl.k8s_workload']} "
                  f"(kubectl logs -n {ns} -l hirl/run={handle.run_id})" if tags.get("hirl.k8s_workload")
