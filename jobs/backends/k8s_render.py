@@ -22,8 +22,8 @@ import yaml
 from hirl_core.config import dumps_config
 
 from .. import names, resources as res
+from . import common
 from .base import BackendError
-from .slurm_render import stage_env
 
 JOBSET_API = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 WORKFLOW_API = ("argoproj.io", "v1alpha1", "workflows")
@@ -32,6 +32,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 POOL_LABEL = "hirl/gpu-pool"            # the node label a GPU pool's nodes carry (k8s/README.md)
 REPLICATED_JOB = "node"                 # one pod per node
 RDZV_PORT = 29500
+RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"  # JobSet's RestartsKey: the gang restarts so far
 WORKDIR = "/workspace"                  # the image's WORKDIR; outputs/ below it is the checkpoint PVC
 CONFIG_DIR = "/etc/hirl"
 DATA_DIR = "/data"
@@ -128,11 +129,17 @@ def container_command(job):
 
 def container_env(job):
     s = job.settings
-    env = dict(stage_env(job.cell, job.stage, job.run_id, job.attempt_base))
+    env = common.stage_env(job.stage, job.run_id, cell=job.cell, attempt_base=job.attempt_base)
     env.update({"HIRL_IMAGE": job.image, "HIRL_NNODES": str(max(1, _int(s, "nodes"))),
                 "HIRL_NPROC_PER_NODE": str(_int(s, "gpus_per_node") or 1),
                 "HIRL_MASTER_ADDR": rendezvous_host(job), "HIRL_MASTER_PORT": str(RDZV_PORT)})
+    gang = s["workload"] == "jobset"
+    if gang:  # a failed stage whose gang JobSet recreates leaves its run open for the next attempt
+        env["HIRL_MAX_RESTARTS"] = str(_int(s, "max_restarts"))
     out = [{"name": k, "value": v} for k, v in env.items()]
+    if gang:  # the attempt counts JobSet's restarts, which only the pod's own label knows
+        out.append({"name": "JOBSET_RESTART_ATTEMPT", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.labels['{RESTART_LABEL}']"}}})
     out.append({"name": "MLFLOW_TRACKING_URI", "valueFrom": {"configMapKeyRef": {
         "name": s["mlflow_configmap"], "key": "MLFLOW_TRACKING_URI"}}})
     for key in CREDENTIAL_KEYS:  # optional: a tracking server without auth has no such Secret

@@ -14,7 +14,10 @@ What stands in for the cluster, and why it is faithful:
 - ``/etc/hirl/config.yaml`` (the mounted ConfigMap) is the rendered ConfigMap's text in a folder here,
   and the working directory stands for ``/workspace`` with its shared ``outputs`` volume; the image's
   code (at /workspace in it) comes from this checkout through PYTHONPATH, its torchrun from the venv.
-- ``JOB_COMPLETION_INDEX`` is what the Job controller sets in each pod.
+- ``JOB_COMPLETION_INDEX`` is what the Job controller sets in each pod, and ``JOBSET_RESTART_ATTEMPT`` what
+  the kubelet resolves from the rendered downward-API reference to the pod's
+  ``jobset.sigs.k8s.io/restart-attempt`` label, which JobSet sets to 0 on the first gang and 1 on the
+  gang it recreates after one restart.
 """
 
 import os
@@ -72,8 +75,9 @@ def _rendered(tmp_path):
     return cell, runs["pretrain"].run_id, jobset, config_map
 
 
-def _pods(jobset, config_map, tmp_path, uri, port):
-    """(argv, env) of pod 0 and pod 1: the rendered container with the stand-ins above."""
+def _pods(jobset, config_map, tmp_path, uri, port, restart_attempt):
+    """(argv, env) of pod 0 and pod 1: the rendered container with the stand-ins above; the pods' JobSet
+    restart-attempt label is ``restart_attempt``."""
     job = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]
     pod = job["template"]["spec"]
     container = pod["containers"][0]
@@ -98,8 +102,9 @@ def _pods(jobset, config_map, tmp_path, uri, port):
             env[item["name"]] = swap(item["value"]) if item["name"] != "HIRL_MASTER_PORT" else str(port)
         elif item["valueFrom"].get("configMapKeyRef", {}).get("key") == "MLFLOW_TRACKING_URI":
             env["MLFLOW_TRACKING_URI"] = uri
-        elif "fieldRef" in item["valueFrom"]:
-            continue  # the pod's own metadata (the restart count): set below, as the kubelet would
+        elif "fieldRef" in item["valueFrom"]:  # the kubelet resolves it from the pod's own labels
+            assert item["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{kr.RESTART_LABEL}']"
+            env[item["name"]] = str(restart_attempt)
         else:
             assert item["valueFrom"]["secretKeyRef"]["optional"] is True  # no Secret here: left out
     return [(argv, {**env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(2)]
@@ -142,7 +147,11 @@ def test_rendered_pods_train_with_world_size_2_and_a_restart_resumes_into_the_sa
     out = workspace / cell.stages[0].output_dir
     checkpoint = out / "checkpoint.pth"
 
-    procs = _start(_pods(jobset, config_map, tmp_path, uri, _free_port()), workspace, logs, 1)
+    container = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+    rendered = {e["name"]: e for e in container["env"]}
+    assert rendered["HIRL_MAX_RESTARTS"]["value"] == str(jobset["spec"]["failurePolicy"]["maxRestarts"])
+    assert "fieldRef" in rendered["JOBSET_RESTART_ATTEMPT"]["valueFrom"]
+    procs = _start(_pods(jobset, config_map, tmp_path, uri, _free_port(), 0), workspace, logs, 1)
     try:
         deadline = time.monotonic() + 120
         while not checkpoint.exists() and time.monotonic() < deadline and all(p.poll() is None for p, _ in procs):
@@ -156,16 +165,13 @@ def test_rendered_pods_train_with_world_size_2_and_a_restart_resumes_into_the_sa
     first = lineage.run_state(run_id, uri)
     assert all(code != 0 for code in codes), codes
     assert first[0] in ("KILLED", "FAILED") and first[1]["hirl.attempt"] == "1", first
+    assert "hirl.retry_reason" in first[1], first  # maxRestarts not used up: the run waits for the next gang
     for i in range(2):  # torchrun made each pod's process a rank of a world of 2
         assert f"[hirl] rank {i}/2 attempt 1" in (logs / f"pod{i}-attempt1.log").read_text()
 
-    # JobSet recreates the gang from the same template: same command, args and env; its restart count
-    # reaches the pods where the template asks for it (the restart-attempt label, by the downward API)
-    pods = _pods(jobset, config_map, tmp_path, uri, _free_port())
-    counted = any(e["name"] == "JOBSET_RESTART_ATTEMPT" for e in
-                  jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["env"])
-    pods = [(argv, {**env, "JOBSET_RESTART_ATTEMPT": "1"} if counted else env) for argv, env in pods]
-    procs = _start(pods, workspace, logs, 2)
+    # JobSet recreates the gang from the same template (same command, args and env) with its
+    # restart-attempt label at 1, which the pods read through the downward API as JOBSET_RESTART_ATTEMPT
+    procs = _start(_pods(jobset, config_map, tmp_path, uri, _free_port(), 1), workspace, logs, 2)
     try:
         codes = _wait(procs, 150)
     finally:
@@ -174,7 +180,7 @@ def test_rendered_pods_train_with_world_size_2_and_a_restart_resumes_into_the_sa
     client = lineage.client(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["hirl.attempt"] == ("2" if counted else "1")
+    assert run.data.tags["hirl.attempt"] == "2"  # the gang restart counts as the second start
     resumed = [m.value for m in client.get_metric_history(run_id, "resumed_from_epoch")]
     assert resumed[0] == 0 and resumed[-1] >= 1, resumed  # the second start went on from the checkpoint
     assert sorted({m.step for m in client.get_metric_history(run_id, "loss")}) == [0, 1, 2, 3]

@@ -67,6 +67,21 @@ def test_golden_jobset_of_a_two_node_pretraining():
     assert len(name) <= 40 and len(f"{name}-node-0-0") <= 63
 
 
+def test_a_gang_pod_knows_its_restart_budget_and_attempt():
+    """``jobs.entrypoint`` leaves the run open for the next gang only while JobSet's restarts last: the
+    pod gets maxRestarts and the restart-attempt label (downward API); an Indexed Job never restarts."""
+    def env(workload):
+        files = _render(_cell("demo", resources={"k8s": {"workload": workload, "max_restarts": 5}}))
+        doc = yaml.safe_load(files[f"k8s/pretrain.{'jobset' if workload == 'jobset' else 'job'}.yaml"])
+        spec = doc["spec"]["replicatedJobs"][0]["template"]["spec"] if workload == "jobset" else doc["spec"]
+        return {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    gang = env("jobset")
+    assert gang["HIRL_MAX_RESTARTS"] == {"name": "HIRL_MAX_RESTARTS", "value": "5"}
+    assert gang["JOBSET_RESTART_ATTEMPT"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['jobset.sigs.k8s.io/restart-attempt']"}}
+    assert not {"HIRL_MAX_RESTARTS", "JOBSET_RESTART_ATTEMPT"} & set(env("indexed-job"))
+
+
 def test_workflow_creates_the_stages_in_dependency_order():
     wf = yaml.safe_load(_render(_cell())["k8s/workflow.yaml"])
     tasks = {t["name"]: t for t in wf["spec"]["templates"][0]["dag"]["tasks"]}
