@@ -268,6 +268,9 @@ COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cli_runs.cmd_statu
 
 
 def main(argv=None):
+    # MLflow prints "View run … at: <url>" on stdout whenever a run ends against a server; hirl's own output
+    # (status tables, one-line errors) must stay what a person or a script reads.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "override_text", ""):

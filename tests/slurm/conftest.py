@@ -2,9 +2,9 @@
 ``make test``; locally: ``make dev-slurm-up`` and ``export SLURM_CONF=/tmp/hirl-slurm/slurm.conf``).
 
 Each test gets its own repo root under tmp_path: the configs, a site profile ``test`` whose python
-is this interpreter, ``.venv`` linked to the checkout's, and MLflow: the shared tracking server
-(``HIRL_TRACKING_SERVER``, PostgreSQL-backed, tracking/up.sh) when it is up, else a sqlite store on
-the shared filesystem (the dev cluster's nodes are this host, so the jobs reach either)."""
+is this interpreter, ``.venv`` linked to the checkout's, and MLflow: a sqlite store of the test on
+the shared filesystem (the dev cluster's nodes are this host). Jobs a test submits in-process take the
+URI from the submitting environment, so the fixture exports it."""
 
 import os
 import shutil
@@ -54,10 +54,8 @@ class Root:
 
     def __init__(self, path):
         self.path = path
-        # The shared tracking server when it is up (.ci/run: tracking/up.sh), else a sqlite file of this test;
-        # on the server, each test's experiments get a name of their own (the specs' file names stay).
-        self.uri = os.environ.get("HIRL_TRACKING_SERVER") or f"sqlite:///{path / 'mlflow.db'}"
-        self.suffix = f"-{os.getpid()}-{time.time_ns() % 10**9}" if os.environ.get("HIRL_TRACKING_SERVER") else ""
+        self.uri = f"sqlite:///{path / 'mlflow.db'}"
+        self.suffix = ""
         shutil.copytree(REPO / "configs", path / "configs")
         (path / "slurm").mkdir()
         (path / "slurm" / "test.yaml").write_text(
@@ -96,7 +94,9 @@ class Root:
 def root(cluster, tmp_path, monkeypatch):
     # one compute thread per rank: several test jobs share two cores (sbatch exports this environment)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return Root(tmp_path)
+    r = Root(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", r.uri)  # sbatch exports it to the jobs of in-process submits
+    return r
 
 
 def squeue(job_id):
