@@ -36,11 +36,20 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+# MLflow's server answers 400 BAD_REQUEST also when its own database was overloaded for a moment (the
+# connection pool exhausted under a cluster's writers, a lock wait that timed out): such a write is kept
+# and sent again, never dropped.
+_OVERLOADED = ("queuepool limit", "timed out", "timeout", "operationalerror", "could not connect",
+               "too many connections", "database is locked", "connection refused")
+
+
 def _refused(exc) -> bool:
     """The server answered and refused this write itself (a 4xx other than 429: a param changing value,
     a deleted run): sending it again cannot help, unlike a server that is down or overloaded."""
     status = getattr(exc, "get_http_status_code", None)
     code = status() if callable(status) else 500
+    if any(marker in str(exc).lower() for marker in _OVERLOADED):
+        return False
     return 400 <= code < 500 and code != 429
 
 

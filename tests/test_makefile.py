@@ -7,6 +7,7 @@ stub interpreter that records the argv and environment each recipe would start h
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ VENV = Path(sys.executable).parent.parent
 # The environment's copies of the Makefile's variables would stand in for the ones a test leaves out.
 MAKE_VARIABLES = ("EXP", "BACKEND", "SET", "DATA", "PORT", "FORCE", "CELL", "STAGE", "RANK", "OUT", "FOLLOW",
                   "WATCH", "SITE", "REGISTRY", "IMAGE_REPO", "FASHION_MNIST", "HIRL_REGISTRY", "HIRL_SLURM_SITE",
-                  "HIRL_IMAGE_REPOSITORY", "MAKEFLAGS", "MFLAGS")
+                  "HIRL_IMAGE_REPOSITORY", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 
 
 def make(*args, venv=VENV, env=None, cwd=REPO):
@@ -62,7 +63,7 @@ def test_a_set_value_with_a_space_is_one_override(tmp_path):
 
 
 def _hirl_lines(stderr):
-    return [line for line in stderr.splitlines() if not line.startswith("make: ")]
+    return [line for line in stderr.splitlines() if not re.match(r"make(\[\d+\])?: ", line)]
 
 
 @pytest.mark.parametrize("value, bad", [

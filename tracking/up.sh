@@ -66,6 +66,10 @@ psql() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -X -q -t "$@"; }
 
 say "starting the MLflow server on $URI ($WORKERS workers; artifacts in $D/artifacts)"
 # its own session: down.sh stops the server and its workers as one process group
+# Each worker's database pool (SQLAlchemy's default, 5 + 10 overflow) ran dry under 32 stage processes
+# writing every step: 10 + 20 per worker stays inside PostgreSQL's max_connections=200 at 4 workers.
+MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-10} \
+MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-20} \
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PY" -m mlflow server \
   --backend-store-uri "postgresql+psycopg2://postgres@127.0.0.1:$PG_PORT/mlflow" \
   --artifacts-destination "$D/artifacts" --serve-artifacts \

@@ -43,3 +43,17 @@ def test_a_torn_last_line_is_cut_and_the_kept_writes_are_delivered_by_the_next_a
     tracker.finish("FINISHED")
     assert sorted((m.step, m.value) for m in c.get_metric_history(run_id, "loss")) == [(0, 2.0), (1, 1.0)]
     assert c.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_server_whose_database_is_overloaded_keeps_the_write_instead_of_dropping_it():
+    # what the PostgreSQL-backed server answered under 32 writers when its connection pool ran dry
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
+
+    from hirl_core.tracking import _refused
+
+    overloaded = MlflowException("QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00",
+                                 error_code=BAD_REQUEST)
+    changed = MlflowException("Changing param values is not allowed. Param with key='epochs' was already logged "
+                              "with value='3'", error_code=INVALID_PARAMETER_VALUE)
+    assert not _refused(overloaded) and _refused(changed)
