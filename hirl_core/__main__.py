@@ -11,8 +11,9 @@ import sys
 
 from .config import ConfigError, load_config
 from .schema import check_stage_config
+from .stages import STAGE_TYPES, runnable
 
-STAGES = ("pretrain", "knn")
+STAGES = runnable()
 
 # glibc hands large freed blocks back to the OS, so every CPU training step page-faults its
 # activations in again: measured 3x slower on the demo (100 vs 290 img/s). These must be in the
@@ -26,14 +27,6 @@ def _reexec_with_malloc_env(argv) -> None:
     env = {**os.environ, **MALLOC_ENV}
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "hirl_core", *argv], env)
-
-
-def _runner(stage: str):
-    if stage == "pretrain":
-        from .engine.pretrain import run_pretrain
-        return run_pretrain
-    from .evals.knn_stage import run_knn
-    return run_knn
 
 
 def main(argv=None) -> int:
@@ -51,7 +44,7 @@ def main(argv=None) -> int:
         if args.stage == "pretrain":
             from .data import check_data
             check_data(cfg.data)
-        _runner(args.stage)(cfg)
+        STAGE_TYPES[args.stage].load_runner()(cfg)
     except ConfigError as err:
         print(f"hirl_core: error: {err}", file=sys.stderr)
         return 2
