@@ -7,70 +7,22 @@ replays exactly the batches and augmentations an uninterrupted run would have se
 from __future__ import annotations
 
 import contextlib
-import random
-import signal
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import dump_config
 from ..data.build import build_eval_dataset, build_pretrain_dataset
 from ..hirl.epoch import recluster, tree_from_state, tree_state
 from ..hirl.wrapper import HIRL
 from ..methods import build_method
-from .. import system_metrics
-from ..tracking import Tracker
 from . import checkpoint as ckpt
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import all_reduce_mean, init_distributed
+from .lifecycle import Interrupted, StageLifecycle, seed_all  # noqa: F401 - Interrupted: re-exported
 from .optim import (build_optimizer, clip_gradients, scaled_lr, scheduled_lr, scheduled_weight_decay, set_lr,
                     set_weight_decay)
 from .progress import Progress, duration
-
-
-class Interrupted(BaseException):
-    """SIGTERM/SIGUSR2 arrived: stop now; the last epoch checkpoint is the resume point.
-
-    A BaseException, as KeyboardInterrupt: the signal may land inside a library call that turns every
-    ``Exception`` into its own error (MLflow's SQL store wraps them in MlflowException), and the run would
-    then end FAILED instead of KILLED."""
-
-
-_deferred: list[str] | None = None  # while a list, signals are queued here instead of raised
-
-
-def _raise_interrupted(signum, _frame):
-    name = signal.Signals(signum).name
-    if _deferred is not None:
-        _deferred.append(name)
-        return
-    raise Interrupted(name)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGTERM/SIGUSR2 back for the block; one that arrived meanwhile is raised at its end.
-
-    A flag rather than pthread_sigmask: the kernel may hand a process signal to any other thread, and
-    Python then runs the handler in the main thread whatever the main thread's mask says."""
-    global _deferred
-    _deferred = []
-    try:
-        yield
-    finally:
-        pending, _deferred = _deferred, None
-    if pending:
-        raise Interrupted(pending[0])
-
-
-def seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -86,8 +38,8 @@ def _precision(cfg, device: torch.device) -> str:
 
 def run_pretrain(cfg) -> dict:
     info = init_distributed(cfg.get("device", "auto"))
-    out = Path(cfg.output_dir)
-    state, resumed_from = ckpt.load_training_checkpoint(out, warn=lambda text: _say(info, f"warning: {text}"))
+    life = StageLifecycle(cfg, "pretrain", info, epochs=cfg.epochs)
+    state = life.state
     seed_all(cfg.seed)  # the model is initialised from the seed alone (the KNN "untrained" baseline relies on it)
     method = build_method(cfg).to(info.device)
     if cfg.get("sync_bn") and info.world_size > 1 and info.device.type == "cuda":
@@ -109,97 +61,48 @@ def run_pretrain(cfg) -> dict:
         cluster_set = build_eval_dataset(cfg.data, "train")  # same images, same order, eval transform
     precision = _precision(cfg, info.device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    start_epoch = 0
     if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch = state["epoch"]
         if hirl is not None and state.get("hirl_tree"):
             hirl.set_tree(tree_from_state(state["hirl_tree"]), info.device)
     model = method
     if info.world_size > 1:
         model = DistributedDataParallel(method, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                         find_unused_parameters=hirl is not None)  # heads idle before warm-up
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (out / "config.yaml").exists():
-            dump_config(cfg, out / "config.yaml")
-    tracker = Tracker(info.is_main, spool_dir=out)  # a tracking outage waits in out/, never stops training
-    monitor = system_metrics.start(cfg, tracker.run_id)  # node-local rank 0 of every node (when on)
-    if tracker.active:
-        tracker.artifact(str(out / "config.yaml"))
-        if start_epoch == 0:
-            tracker.params({"method": cfg.method.name, "arch": cfg.backbone.arch, "epochs": cfg.epochs,
-                            "batch_size_total": total_batch, "lr": scaled_lr(cfg.optimizer, total_batch),
-                            "world_size": info.world_size, "precision": precision})
-        tracker.metrics({"resumed_from_epoch": start_epoch}, step=start_epoch)
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    params = {"method": cfg.method.name, "arch": cfg.backbone.arch, "epochs": cfg.epochs,
+              "batch_size_total": total_batch, "lr": scaled_lr(cfg.optimizer, total_batch),
+              "world_size": info.world_size, "precision": precision}
     history = []
-    resume_point, resume_epoch = resumed_from, start_epoch
-    try:
+    with life.tracked(params) as tracker:
         assumed = cfg.get("assumed_gpus")
         if assumed and assumed != info.world_size:
-            _say(info, f"note: the config assumes {assumed} GPUs, this run has {info.world_size}; the LR is "
-                       f"scaled to the actual total batch {total_batch}, so the recipe differs from the seed's")
-        if start_epoch:
-            _say(info, f"resuming from {resumed_from} at epoch {start_epoch}/{cfg.epochs}")
+            life.say(f"note: the config assumes {assumed} GPUs, this run has {info.world_size}; the LR is "
+                     f"scaled to the actual total batch {total_batch}, so the recipe differs from the seed's")
         epoch_seconds = []
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(life.start_epoch, cfg.epochs):
             began = time.perf_counter()
             if hirl is not None and epoch >= cfg.hirl.cluster_warmup_epoch:
-                _say(info, f"epoch {epoch + 1}: hierarchical k-means {hirl.num_cluster}")
-                tracker.metrics(recluster(hirl, cfg.hirl, cluster_set, epoch, out, info.device, info.is_main),
+                life.say(f"epoch {epoch + 1}: hierarchical k-means {hirl.num_cluster}")
+                tracker.metrics(recluster(hirl, cfg.hirl, cluster_set, epoch, life.out, info.device, info.is_main),
                                 step=epoch)
             stats = _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision, epoch)
             history.append(stats)
-            # The checkpoint and the epoch's metrics land together or not at all: a signal in between
-            # would resume after an epoch whose metrics were never logged. It waits until both are done.
-            with _signals_deferred():
-                # the file replaced becomes the fallback, unless it is the unusable one resumed around
-                keep = resume_point == out / ckpt.CHECKPOINT
-                if info.is_main:
-                    ckpt.atomic_save({"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                                      "config": cfg.to_dict(), "mlflow_run_id": tracker.run_id,
-                                      "hirl_tree": tree_state(hirl.tree, epoch) if hirl else None},
-                                     out / ckpt.CHECKPOINT, previous=out / ckpt.PREVIOUS if keep else None)
-                resume_point, resume_epoch = out / ckpt.CHECKPOINT, epoch + 1
-                tracker.metrics(stats, step=epoch)
-            barrier()
+            life.save_epoch(epoch, {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scaler": scaler.state_dict(),
+                                    "hirl_tree": tree_state(hirl.tree, epoch) if hirl else None}, stats)
             epoch_seconds.append(time.perf_counter() - began)
             left = sum(epoch_seconds) / len(epoch_seconds) * (cfg.epochs - epoch - 1)
-            _say(info, f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  lr {_lr(stats['lr'])}  "
-                       f"{stats['images_per_s']:.0f} img/s  ETA {duration(left)}")
+            life.say(f"epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.4f}  lr {_lr(stats['lr'])}  "
+                     f"{stats['images_per_s']:.0f} img/s  ETA {duration(left)}")
         if info.is_main:
-            ckpt.export_backbone(method, out / ckpt.BACKBONE, prefix="model.backbone." if hirl else "backbone.")
-        tracker.finish("FINISHED")
-    except Interrupted as why:
-        for s in previous:  # a second signal must not cut the KILLED write short (SIGKILL still can)
-            signal.signal(s, signal.SIG_IGN)
-        if resume_point is not None:
-            _say(info, f"interrupted by {why}; resume point: {resume_point} (epoch {resume_epoch}/{cfg.epochs})")
-        else:
-            _say(info, f"interrupted by {why}; no checkpoint yet: a restart begins at epoch 1")
-        tracker.finish("KILLED")
-        sys.exit(143)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        system_metrics.stop(monitor)
-        for s, h in previous.items():
-            signal.signal(s, h)
+            ckpt.export_backbone(method, life.out / ckpt.BACKBONE, prefix="model.backbone." if hirl else "backbone.")
     return history[-1] if history else {}
 
 
 def _lr(lr: float) -> str:
     return f"{lr:.4f}" if lr >= 1e-3 else f"{lr:.2e}"
-
-
-def _say(info: DistInfo, text: str) -> None:
-    if info.is_main:
-        print(f"[pretrain] {text}", flush=True)
 
 
 def _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision, epoch) -> dict:

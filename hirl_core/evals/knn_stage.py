@@ -11,15 +11,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, dump_config, load_config
+from ..config import ConfigError, load_config
 from ..data import check_data
 from ..data.build import build_eval_dataset
 from ..engine.distributed import init_distributed
-from ..engine.pretrain import seed_all
+from ..engine.lifecycle import StageLifecycle, seed_all
 from ..models import build_backbone
 from ..models.loading import load_backbone
-from .. import system_metrics
-from ..tracking import Tracker
 from .knn import extract_features, weighted_knn
 
 
@@ -58,15 +56,8 @@ def run_knn(cfg) -> dict:
     prefix = load_backbone(backbone, cfg.pretrained, cfg.get("backbone_prefix", "auto"))  # fails before tracking
     if not info.is_main:  # the evaluation is cheap; other ranks have nothing to add
         return {}
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "config.yaml").exists():
-        dump_config(cfg, out / "config.yaml")
-    tracker = Tracker(True, spool_dir=out)
-    monitor = system_metrics.start(cfg, tracker.run_id)
-    try:
-        tracker.artifact(str(out / "config.yaml"))
-        tracker.params({"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch})
+    life = StageLifecycle(cfg, "knn", info)
+    with life.tracked({"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch}) as tracker:
         train_set, val_set = build_eval_dataset(cfg.data, "train"), build_eval_dataset(cfg.data, "val")
         t0 = time.perf_counter()
         metrics = _evaluate(backbone, train_set, val_set, cfg, info.device, "pretrained")
@@ -80,11 +71,5 @@ def run_knn(cfg) -> dict:
                   flush=True)
         metrics["knn_time_s"] = time.perf_counter() - t0
         tracker.metrics(metrics)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        tracker.finish("FINISHED")
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        system_metrics.stop(monitor)
+        (life.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -17,7 +17,8 @@ import torch
 
 from hirl_core.config import load_config
 from hirl_core.engine import checkpoint as ckpt
-from hirl_core.engine.pretrain import Interrupted, _raise_interrupted, run_pretrain
+from hirl_core.engine.lifecycle import Interrupted, _raise_interrupted
+from hirl_core.engine.pretrain import run_pretrain
 from hirl_core.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[2]
