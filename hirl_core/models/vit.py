@@ -7,14 +7,20 @@ Options the seed's ViTs need (hirl-method.md §2.4-2.6), all off by default:
 * `depth: N` — fewer transformer blocks than the named size (CPU demos and tests);
 * `mask_token: true` — a learnable [MASK] embedding that replaces the patch embeddings of masked
   patches (iBOT's student); `forward_tokens(x, mask)` returns every token after the final norm.
-Every ViT accepts any input size that is a multiple of the patch (timm's dynamic_img_size: the
-position embedding is resampled bicubically), which DINO/iBOT's 96-px local crops need.
+Every ViT accepts any input size that is a multiple of the patch, which DINO/iBOT's 96-px local crops
+and evaluation at other sizes need: the stored position embedding's patch grid is resized the seed's
+(DINO's) way, `interpolate_pos_embed`, not timm's (timm resamples to an exact size with antialiasing,
+which gives other numbers). The sin-cos table is resized the same way rather than recomputed for the
+new grid: the seed's evaluation loads MoCo v3's table into a ViT and interpolates it like a learned
+one, and a resized table keeps the image spanning the positions the model was trained on (a table
+recomputed for a 6 x 6 grid would place the image in the top-left corner of the 14 x 14 range).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -31,6 +37,32 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, temperature: float = 10000.0) 
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     ox, oy = x.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega
     return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1).float()
+
+
+def interpolate_pos_embed(table: torch.Tensor, grid: tuple[int, int],
+                          stored_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """[1, 1 + H0*W0, D] -> [1, 1 + h*w, D]: the CLS slot kept, the H0 x W0 patch grid resized to
+    `grid` = (h, w) bicubically with the seed's scale factors (h + 0.1) / H0, (w + 0.1) / W0. The
+    0.1 makes floor(H0 * scale) come out as h despite rounding; the kernel samples with that same
+    scale, so the result differs slightly from resizing to the size (h, w). `stored_grid` defaults
+    to a square grid."""
+    h, w = grid
+    patches = table[:, 1:]
+    if stored_grid is None:
+        side = math.isqrt(patches.shape[1])
+        if side * side != patches.shape[1]:
+            raise ValueError(f"a position embedding of {patches.shape[1]} patches is not a square grid")
+        stored_grid = (side, side)
+    h0, w0 = stored_grid
+    if (h, w) == (h0, w0):
+        return table
+    dim = table.shape[-1]
+    image = patches.reshape(1, h0, w0, dim).permute(0, 3, 1, 2).float()
+    image = F.interpolate(image, scale_factor=((h + 0.1) / h0, (w + 0.1) / w0), mode="bicubic")
+    if tuple(image.shape[-2:]) != (h, w):  # cannot happen for grids below ~10^4 patches a side
+        raise ValueError(f"position embedding resized to {tuple(image.shape[-2:])}, wanted {(h, w)}")
+    resized = image.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(table.dtype)
+    return torch.cat([table[:, :1], resized], dim=1)
 
 
 class ViTTrunk(VisionTransformer):
@@ -72,6 +104,14 @@ class ViTTrunk(VisionTransformer):
         bound = math.sqrt(6.0 / (proj.weight[0].numel() + proj.weight.shape[0]))
         nn.init.uniform_(proj.weight, -bound, bound)
         nn.init.zeros_(proj.bias)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, h, w, D] patch embeddings -> [B, 1 + h*w, D] with the CLS token, plus the position
+        embedding resized to this input's grid (see `interpolate_pos_embed`)."""
+        b, h, w, dim = x.shape
+        table = interpolate_pos_embed(self.pos_embed, (h, w), tuple(self.patch_embed.grid_size))
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, dim)], dim=1)
+        return self.pos_drop(x + table)
 
     def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """All tokens [B, 1 + h*w, D] after the final norm; `mask` [B, h, w] (bool) replaces those
