@@ -215,9 +215,9 @@ def _submit_claimed(args, backend, sweep, cells, uri):
         cell = cells[0]
         chain = lineage.find_chain(sweep.name, cell.cell_id, uri=uri)
         print(f"\nchain {sweep.name}-{cell.cell_id[:8]}: {chain.info.status if chain else '-'}")
-        rows = lineage.chain_status(sweep.name, cell.cell_id, cell.names, uri=uri)
-        print_rows(lineage.sweep_status(sweep.name, [cell], uri=uri)[0].rows)
-        print(summary_line(rows, uri))
+        status = lineage.sweep_status(sweep.name, [cell], uri=uri)[0]
+        print_rows(status.rows)
+        print(summary_line(sweep, status, uri))  # last: the chain's row of the results table
         return rc
     statuses = lineage.sweep_status(sweep.name, cells, uri=uri)
     state = lineage.end_sweep(ref.run_id, [st.status for st in statuses], uri)

@@ -1,5 +1,5 @@
 """What the ``hirl`` verbs share: loading the spec named on the command line,
-and the status tables (one cell's stages, a sweep's cells × stages, the closing KNN line)."""
+and the status tables (one cell's stages, a sweep's cells × stages, the closing table row)."""
 
 from __future__ import annotations
 
@@ -59,20 +59,16 @@ def counts(statuses):
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
-def summary_line(rows, uri):
-    """One closing line: KNN of the pre-trained vs the untrained backbone, and where to look."""
-    from . import lineage
+def summary_line(sweep, status, uri):
+    """The closing lines of one chain's submission: where to look, then its seed-style table row (every
+    evaluation column the registry knows, each trained number with the untrained backbone's beside it)."""
+    from . import report
 
     ui = f"open the MLflow UI: make ui  (tracking: {uri})"
-    knn = [r for r in rows if r.type == "knn" and r.run_id and r.status == "FINISHED"]
-    if not knn:
+    table = report.build(sweep, [status])
+    if not table.evals:
         return ui
-    metrics = lineage.client(uri).get_run(knn[0].run_id).data.metrics
-    ours, base = metrics.get("knn_top1_k20"), metrics.get("knn_top1_k20_untrained")
-    if ours is None or base is None:
-        return ui
-    return (f"KNN top-1 (k=20): pre-trained {100 * ours:.2f} %, untrained {100 * base:.2f} % "
-            f"({100 * (ours - base):+.2f}) · {ui}")
+    return "\n".join([ui, "", *report.chain_rows(table)])
 
 
 @contextmanager

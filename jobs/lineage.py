@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hirl_core.config import dump_config
+from hirl_core.stages import key_metric
 
 from . import mlflow_view
 from .dag import assign_outputs
@@ -23,9 +24,6 @@ from .dag import assign_outputs
 from .tracking_store import DEFAULT_DB, check_tracking, client, sqlite_path, store_exists, tracking_uri  # noqa: F401
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
-# The one number worth a glance per stage type; other evals fall back to any *top1* metric
-# (linear/finetune/semisup/transfer log their best val top-1 as a fraction, like knn).
-KEY_METRICS = {"pretrain": "loss", "knn": "knn_top1_k20", "clustering": "nmi"}
 
 
 @dataclass
@@ -225,13 +223,6 @@ def set_run_status(run_id, status, uri=None):
         c.update_run(run_id, status=status)
 
 
-def _key_metric(stage_type, metrics):
-    name = KEY_METRICS.get(stage_type)
-    if name not in metrics:
-        name = next((m for m in sorted(metrics) if "top1" in m), None)
-    return (name, metrics[name]) if name else ("", None)
-
-
 def chain_status(experiment_name, cell_id, stages=None, uri=None):
     """One row per stage of the cell's latest chain; ``stages`` (names) fixes order and
     lists stages without runs. Empty when the cell has no chain yet."""
@@ -247,7 +238,7 @@ def chain_status(experiment_name, cell_id, stages=None, uri=None):
             rows.append(StageStatus(name, "", "", "NOT CREATED"))
             continue
         stype = run.data.tags.get("hirl.stage_type", "")
-        metric, value = _key_metric(stype, run.data.metrics)
+        metric, value = key_metric(stype, run.data.metrics)
         rows.append(StageStatus(name, stype, run.info.run_id, run.info.status, metric, value))
     return rows
 
@@ -257,7 +248,7 @@ def _stage_status(name, run):
         return StageStatus(name, "", "", "NOT CREATED")
     tags = run.data.tags
     stype = tags.get("hirl.stage_type", "")
-    metric, value = _key_metric(stype, run.data.metrics)
+    metric, value = key_metric(stype, run.data.metrics)
     try:
         attempt = int(tags.get("hirl.attempt", "0"))
     except ValueError:

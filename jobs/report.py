@@ -1,9 +1,12 @@
 """``hirl report``: the seed README's model-zoo table, generated from MLflow for a sweep.
 
 One row per cell: Method, the other matrix values (e.g. seed), Arch., Epochs, Batch Size
-(per-GPU batch × processes, as the seed states it), then one column per evaluation
-the cells declare (KNN, Linear, Fine-tune, Semi-sup 1 % / 10 %, Clustering, Places205)
-with the key metric of that stage's latest run, in percent. A row whose experiment
+(per-GPU batch × processes, as the seed states it), then one column per evaluation stage
+the cells declare, with the key metric of that stage's latest run, in percent. What a column
+is called, where it stands and which metric fills it come from the stage registry
+(``hirl_core.stages``): the type's ``column`` and ``column_order``; a semi-supervised stage's
+title carries its labelled fraction ("Semi 1 %"), a transfer stage's its dataset
+("Places205"); several stages of one type in a cell each get a column. A row whose experiment
 names a ``baseline`` gets its difference to the baseline's row at the same other
 matrix values ("57.56 (+1.82)"). Written as Markdown, CSV and a bar chart (PNG), and
 logged as artifacts of the sweep run (created if the sweep has none yet).
@@ -16,16 +19,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass, field
+
+from hirl_core.config import MISSING as NOT_SET, Config, ConfigError, get_dotted, load_config
+from hirl_core.stages import STAGE_TYPES
 
 from . import resources
 from .dag import format_value
 
-# (column title, stage name or type it reads). A stage named like the seed's chain wins over a type match.
-EVAL_COLUMNS = (("KNN", "knn"), ("Linear", "linear"), ("Fine-tune", "finetune"), ("Semi-sup 1%", "semisup_1pct"),
-                ("Semi-sup 10%", "semisup_10pct"), ("Clustering NMI", "clustering"), ("Places205", "transfer_places205"))
-_TYPE_OF = {"knn": "knn", "linear": "linear", "finetune": "finetune", "semisup_1pct": "semisup",
-            "semisup_10pct": "semisup", "clustering": "clustering", "transfer_places205": "transfer"}
+_PERCENT_IN_NAME = re.compile(r"(\d+(?:\.\d+)?)\s*(?:percent|pct|%)")  # imagenet_1percent, semisup_10pct
 _ARCH = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
          "vit_tiny": "ViT-T", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L"}
 MISSING = "–"
@@ -40,19 +43,57 @@ class Table:
     params: list                        # the extra matrix columns (not Method)
     evals: list                         # the eval column titles present
     run_ids: list = field(default_factory=list)  # dict eval title -> stage run id, per row
+    untrained: list = field(default_factory=list)  # dict eval title -> the untrained backbone's percent, per row
     markdown: str = ""
     csv: str = ""
 
 
-def _stage_for(cell_stages, key):
-    """The stage (runnable or planned) a column reads: by name, else the first of that type."""
-    for s in cell_stages:
-        if s.name == key:
-            return s
-    for s in cell_stages:
-        if s.type == _TYPE_OF[key] and s.name not in _TYPE_OF:
-            return s
-    return None
+def _stage_config(cell, stage):
+    """A stage's resolved config; a planned stage has none yet, so its file as written (empty if absent)."""
+    if not getattr(stage, "planned", False):
+        return stage.config
+    try:
+        return load_config(os.path.join(cell.root, stage.config_path), stage.overrides)
+    except (ConfigError, OSError):
+        return Config()
+
+
+def semisup_percent(config):
+    """The labelled fraction of a semi-supervised stage in percent, as text ("1", "10", "0.5"), or ""."""
+    fraction = get_dotted(config, "semisup.fraction", NOT_SET)
+    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and fraction > 0:
+        return f"{round(100 * fraction, 6):g}"
+    found = _PERCENT_IN_NAME.search(str(get_dotted(config, "semisup.list", "") or ""))
+    return f"{float(found.group(1)):g}" if found else ""
+
+
+def column_of(cell, stage):
+    """(title, sort key) of the column a stage fills, or None when its type is not a table column."""
+    kind = STAGE_TYPES.get(stage.type)
+    if kind is None or not kind.column:
+        return None
+    config = _stage_config(cell, stage)
+    title, within = kind.column, 0.0
+    if stage.type == "semisup":
+        percent = semisup_percent(config)
+        title, within = (f"{title} {percent} %", float(percent)) if percent else (title, within)
+    elif stage.type == "transfer" and str(get_dotted(config, "data.dataset", "")).lower() == "places205":
+        title = "Places205"
+    return title, (kind.column_order, within)
+
+
+def cell_columns(cell):
+    """[(title, sort key, stage name)] of a cell's evaluation stages (runnable and planned), in stage
+    order; a title two stages of the cell share gets the later one's name: "KNN (knn_k10)"."""
+    out, taken = [], set()
+    for stage in list(cell.stages) + list(cell.planned):
+        column = column_of(cell, stage)
+        if column is None:
+            continue
+        title = column[0] if column[0] not in taken else f"{column[0]} ({stage.name})"
+        taken.add(title)
+        out.append((title, column[1], stage.name))
+    return out
 
 
 def arch_text(backbone):
@@ -95,26 +136,30 @@ def build(sweep, statuses):
     params = []
     for cell in cells:
         params += [k for k in cell.params if k != "method" and k not in params]
-    evals = []
-    for title, key in EVAL_COLUMNS:
-        if any(_stage_for(list(c.stages) + list(c.planned), key) is not None for c in cells):
-            evals.append(title)
-    keys = dict(EVAL_COLUMNS)
+    stage_of, order = [], {}  # per cell: title -> stage name; title -> its place (first seen wins)
+    for cell in cells:
+        found = cell_columns(cell)
+        stage_of.append({title: name for title, _, name in found})
+        for title, key, _ in found:
+            order.setdefault(title, (key, len(order)))
+    evals = sorted(order, key=order.get)
     columns = ["Method", *params, "Arch.", "Epochs", "Batch Size", *evals]
 
-    values, run_ids, base_rows = [], [], []
-    for st in statuses:
+    values, untrained, run_ids = [], [], []
+    for st, titles in zip(statuses, stage_of):
         by_name = {r.stage: r for r in st.rows}
-        vals, ids = {}, {}
+        vals, bases, ids = {}, {}, {}
         for title in evals:
-            stage = _stage_for(st.cell.stages, keys[title])
-            row = by_name.get(stage.name) if stage is not None else None
+            row = by_name.get(titles.get(title))
+            vals[title] = bases[title] = None
             if row is not None and row.status == "FINISHED" and row.value is not None:
                 vals[title] = 100.0 * row.value
                 ids[title] = row.run_id
-            else:
-                vals[title] = None
+                kind = STAGE_TYPES.get(row.type)
+                base = (row.metrics or {}).get(kind.untrained_metric) if kind and kind.untrained_metric else None
+                bases[title] = 100.0 * base if base is not None else None
         values.append(vals)
+        untrained.append(bases)
         run_ids.append(ids)
 
     def point(cell):
@@ -145,7 +190,7 @@ def build(sweep, statuses):
                 text += f" ({delta[title]:+.2f})"
             row[title] = text
         rows.append(row)
-    table = Table(columns, rows, values, deltas, params, evals, run_ids)
+    table = Table(columns, rows, values, deltas, params, evals, run_ids, untrained)
     table.markdown = to_markdown(table, sweep)
     table.csv = to_csv(table)
     return table
@@ -157,9 +202,27 @@ def to_markdown(table, sweep):
     rule = "|" + "|".join(":------:" if c in centered else "---------------" for c in table.columns) + "|"
     body = ["| " + " | ".join(row[c].replace("|", "\\|") for c in table.columns) + " |" for row in table.rows]
     title = f"{sweep.name} (sweep {sweep.sweep_id})"
-    note = ("Top-1 accuracy in % from each stage's latest finished MLflow run (KNN: k = 20; Clustering: NMI); "
+    note = ("Top-1 accuracy in % from each stage's latest finished MLflow run (KNN: k = 20; NMI: clustering, ×100); "
             "(±x): difference to the row's baseline. Batch Size = per-GPU batch × processes.")
     return "\n".join([f"# {title}", "", note, "", head, rule, *body]) + "\n"
+
+
+def chain_rows(table):
+    """Header, rule and one line per row, each number with the untrained backbone's beside it
+    ("78.1 (untrained 75.6)"): what ``hirl submit`` of one chain prints last, to show what
+    pre-training bought."""
+    head = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    lines = [head, rule]
+    for row, vals, bases in zip(table.rows, table.values, table.untrained):
+        cells = dict(row)
+        for title in table.evals:
+            text = f"{vals[title]:.1f}" if vals[title] is not None else MISSING
+            if vals[title] is not None and bases[title] is not None:
+                text += f" (untrained {bases[title]:.1f})"
+            cells[title] = text
+        lines.append("| " + " | ".join(cells[c].replace("|", "\\|") for c in table.columns) + " |")
+    return lines
 
 
 def to_csv(table):

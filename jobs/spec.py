@@ -6,8 +6,8 @@ number, an unsafe name) is rejected here, before lineage or a backend creates an
 ``hirl_core.config``, which is torch-free. Matrix axes (sweeps) are expanded by
 ``jobs.matrix`` on top of what this module loads.
 
-A stage whose *type* ``python -m hirl_core`` cannot run yet (``linear`` … while only
-``pretrain`` and ``knn`` exist) is *planned*: kept in the spec, shown by ``hirl plan``,
+A stage whose *type* ``python -m hirl_core`` cannot run yet (a type in ``hirl_core.stages``
+whose runner module is not there) is *planned*: kept in the spec, shown by ``hirl plan``,
 left out of the runnable DAG, and its config file need not exist yet. It joins the DAG
 by itself the day hirl_core gains that stage type; nothing here changes.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from hirl_core import stages as registry
 from hirl_core.config import (MISSING, Config, ConfigError, apply_overrides, closest, get_dotted, load_config,
                               parse_override)
 
@@ -29,8 +30,9 @@ from . import names, resources as res
 from .errors import SpecError
 
 SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-STAGE_TYPES = ("pretrain", "knn", "linear", "finetune", "semisup", "clustering", "transfer")
-EVAL_TYPES = tuple(t for t in STAGE_TYPES if t != "pretrain")
+# The stage types and which of them evaluate a backbone: hirl_core's registry, never a list of our own.
+STAGE_TYPES = tuple(registry.STAGE_TYPES)
+EVAL_TYPES = registry.EVAL_TYPES
 EXPERIMENTS_DIR = os.path.join("configs", "experiments")
 MATRIX_KEYS = ("matrix", "include", "exclude")
 _SPEC_KEYS = ("name", "description", "display_name", "baseline", "image", "stages", "resources") + MATRIX_KEYS
@@ -40,12 +42,10 @@ RUNNABLE_TYPES = None
 
 
 def runnable_types():
-    """The stage types ``python -m hirl_core`` runs today (its argparse choices; torch-free import)."""
+    """The stage types ``python -m hirl_core`` runs today: the registry's types whose runner is present."""
     if RUNNABLE_TYPES is not None:
         return tuple(RUNNABLE_TYPES)
-    from hirl_core.__main__ import STAGES
-
-    return tuple(STAGES)
+    return registry.runnable()
 
 
 @dataclass

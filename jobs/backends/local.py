@@ -283,6 +283,7 @@ class LocalBackend(Backend):
 def _check_data(cells):
     from hirl_core.config import ConfigError
     from hirl_core.data import check_data
+    from hirl_core.stages import stage_type
 
     seen = set()
     for cell in cells:
@@ -290,7 +291,7 @@ def _check_data(cells):
             data = stage.config.get("data")
             if not isinstance(data, dict):
                 continue
-            splits = ("train",) if stage.type == "pretrain" else ("train", "val")
+            splits = tuple(stage_type(stage.type).splits)  # what the registry says the type reads
             key = (json.dumps(data, sort_keys=True, default=str), splits)
             if key in seen:
                 continue

@@ -67,7 +67,10 @@ def test_submit_runs_stages_in_order_then_skips_finished_ones(root, db, monkeypa
     assert [(r.stage, r.status, r.metric, r.value) for r in rows] == [
         ("pretrain", "FINISHED", "loss", 0.25), ("knn", "FINISHED", "knn_top1_k20", 0.25)]
     assert lineage.find_chain("demo", cell.cell_id).info.status == "FINISHED"
-    assert out.rstrip().endswith(f"MLflow UI: make ui  (tracking: sqlite:///{db})")
+    assert f"MLflow UI: make ui  (tracking: sqlite:///{db})" in out
+    # last: the chain's row of the results table (the stand-in knn logs no untrained number)
+    assert out.rstrip().splitlines()[-3:] == ["| Method | Arch. | Epochs | Batch Size | KNN |", "|---|---|---|---|---|",
+                                              "| demo | ResNet-18 | 1 | 8 | 25.0 |"]
     assert "knn_top1_k20=0.25" in out
 
     knn_dir = root / "outputs" / "demo" / cell.cell_id / f"knn-{rows[1].run_id[:8]}"
