@@ -1,8 +1,9 @@
 """Datasets for pre-training and evaluation, built from a stage config's `data` section.
 
     data:
-      dataset: fashion_mnist | imagefolder
+      dataset: fashion_mnist | imagefolder | csv | places205   (csv, places205: hirl_core/data/csv_dataset.py)
       root: null                  # fashion_mnist: the idx files (default: Debian's package); imagefolder: holds train/ and val/
+      train_list: null            # imagefolder: train on these listed files only (imagenet_1percent, imagenet_10percent, a path)
       train_subset: null          # use a fixed random subset of N training images (seeded by subset_seed)
       image_size: 28
       channels: 1                 # 1 keeps Fashion-MNIST grayscale; 3 repeats it
@@ -12,9 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .datasets import ImageFolderWithIndex, InMemoryEval, InMemoryViews
+from .csv_dataset import build_csv_dataset, csv_samples
+from .datasets import FileListWithIndex, ImageFolderWithIndex, InMemoryEval, InMemoryViews
 from .fashion_mnist import load_fashion_mnist
 from .paths import check_data, resolve_root
+from .subsets import imagenet_list_samples, list_path, read_list
 from .transforms import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, BatchEvalTransform, BatchViewAugment,
                          eval_pil_transform, multicrop_from_config)
 
@@ -50,6 +53,8 @@ def build_pretrain_dataset(data, augment_cfg, n_views: int = 2):
                                local_scale=augment_cfg.get("local_scale", (0.05, 0.25)))
         return InMemoryViews(x, y, aug)
     views = multicrop_from_config(augment_cfg, size, n_views)
+    if data.dataset in ("csv", "places205"):  # read one by one, as ImageFolder data
+        return FileListWithIndex(*csv_samples(data, "train"), views)
     return ImageFolderWithIndex(f"{resolve_root(data)}/{data.get('train_dir', 'train')}", views)
 
 
@@ -61,4 +66,10 @@ def build_eval_dataset(data, split: str):
         subset = data.get("train_subset") if split == "train" else data.get("val_subset")
         x, y, mean, std = _fashion_mnist_tensors(data, split, subset)
         return InMemoryEval(x, y, BatchEvalTransform(size, mean, std))
-    return ImageFolderWithIndex(f"{resolve_root(data)}/{data.get(f'{split}_dir', split)}", eval_pil_transform(size))
+    if data.dataset in ("csv", "places205"):
+        return build_csv_dataset(data, split)
+    folder = f"{resolve_root(data)}/{data.get(f'{split}_dir', split)}"
+    if split == "train" and data.get("train_list"):  # a fixed labelled subset (semi-supervised): no tree scan
+        samples, classes = imagenet_list_samples(read_list(list_path(data.train_list)), folder)
+        return FileListWithIndex(samples, classes, eval_pil_transform(size))
+    return ImageFolderWithIndex(folder, eval_pil_transform(size))

@@ -63,3 +63,31 @@ class ImageFolderWithIndex(Dataset):
     def __getitem__(self, i: int):
         path, target = self.folder.samples[i]
         return self.transform(self.folder.loader(path)), i, target
+
+
+class _FileList:
+    """What ImageFolderWithIndex reads of torchvision's ImageFolder (samples, classes, loader), for
+    images named by a list instead of found by scanning a tree."""
+
+    def __init__(self, samples, classes, mode: str):
+        self.samples, self.classes, self.mode = list(samples), list(classes), mode
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def loader(self, path: str):
+        from PIL import Image
+
+        with open(path, "rb") as f:
+            return Image.open(f).convert(self.mode)
+
+
+class FileListWithIndex(ImageFolderWithIndex):
+    """Images named by (path, label) pairs (a CSV dataset, the ImageNet 1 %/10 % lists), read and
+    transformed exactly as ImageFolder ones, so every transform built for those applies."""
+
+    def __init__(self, samples, classes, transform, channels: int = 3):
+        self.folder = _FileList(samples, classes, "L" if channels == 1 else "RGB")
+        self.transform = transform
+        self.targets = torch.as_tensor(self.folder.targets, dtype=torch.long)
