@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, load_config
 from ..data import check_data
 from ..data.build import build_eval_dataset
 from ..engine.distributed import init_distributed
@@ -19,17 +17,7 @@ from ..engine.lifecycle import StageLifecycle, seed_all
 from ..models import build_backbone
 from ..models.loading import load_backbone
 from .knn import extract_features, weighted_knn
-
-
-def _backbone_from_pretrain_dir(cfg) -> None:
-    """A hand-run knn may omit `backbone`: take it (and the seed) from the config.yaml that the
-    pre-training wrote beside its backbone.pth."""
-    beside = Path(cfg.pretrained).parent / "config.yaml"
-    if not beside.is_file():
-        raise ConfigError("knn needs the pre-training's backbone section: set +backbone.arch=... or keep "
-                          f"the pre-training config.yaml beside {cfg.pretrained}")
-    pre = load_config(beside)
-    cfg["backbone"], cfg["seed"] = pre.backbone, pre.seed
+from .wiring import resolve_pretrained
 
 
 def _evaluate(backbone, train_set, val_set, cfg, device, label: str) -> dict:
@@ -45,10 +33,7 @@ def _evaluate(backbone, train_set, val_set, cfg, device, label: str) -> dict:
 
 def run_knn(cfg) -> dict:
     info = init_distributed(cfg.get("device", "auto"))
-    if not cfg.get("pretrained"):
-        raise ConfigError("knn needs `pretrained=<path to backbone.pth or a checkpoint>`")
-    if not isinstance(cfg.get("backbone"), dict):
-        _backbone_from_pretrain_dir(cfg)
+    resolve_pretrained(cfg, "knn")
     check_data(cfg.data, splits=("train", "val"))
     seed_all(cfg.seed)
     backbone = build_backbone(cfg.backbone)
