@@ -135,10 +135,11 @@ class StageLifecycle:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    def save_epoch(self, epoch: int, payload: dict, metrics: dict) -> None:
+    def save_epoch(self, epoch: int, payload: dict, metrics: dict, step: int | None = None) -> None:
         """Checkpoint the state after ``epoch`` (0-based) and log its metrics, as one step a signal cannot
         split. ``payload`` holds what the stage restores (model, optimiser, ...); the epoch, the config
-        and the run id are added here."""
+        and the run id are added here. ``step``: the metrics' step when it is not ``epoch`` (a stage
+        running phases one after the other counts epochs across them, each phase's curve from 0)."""
         with signals_deferred():
             # the file replaced becomes the fallback, unless it is the unusable one resumed around
             keep = self.resume_point == self.out / ckpt.CHECKPOINT
@@ -148,5 +149,5 @@ class StageLifecycle:
                                  self.out / ckpt.CHECKPOINT, previous=self.out / ckpt.PREVIOUS if keep else None)
             self.resume_point, self.resume_epoch = self.out / ckpt.CHECKPOINT, epoch + 1
             if self.tracker is not None:
-                self.tracker.metrics(metrics, step=epoch)
+                self.tracker.metrics(metrics, step=epoch if step is None else step)
         barrier()
