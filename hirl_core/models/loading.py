@@ -60,13 +60,13 @@ def read_checkpoint(path: str | os.PathLike):
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
 
 
-def tensor_containers(obj) -> dict[str, dict]:
-    """container name -> {key: tensor} with a leading `module.` stripped, for each container holding tensors."""
+def tensor_containers(obj, strip: str = "module.") -> dict[str, dict]:
+    """container name -> {key: tensor} with a leading `strip` removed, for each container holding tensors."""
     found = {}
     if isinstance(obj, dict):
         candidates = [("", obj)] + [(str(k), v) for k, v in obj.items() if isinstance(v, dict)]
         for name, value in candidates:
-            tensors = {str(k).removeprefix("module."): v for k, v in value.items() if torch.is_tensor(v)}
+            tensors = {str(k).removeprefix(strip): v for k, v in value.items() if torch.is_tensor(v)}
             if tensors:
                 found[name] = tensors
     return found
@@ -106,7 +106,8 @@ def detect_prefix(state: dict, target_keys) -> tuple[str, int]:
     return min(counts.items(), key=lambda kv: (-kv[1], _rank(kv[0], PREFIXES)))
 
 
-def find_backbone(obj, own: dict, prefix: str = "auto") -> tuple[BackboneMatch | None, list]:
+def find_backbone(obj, own: dict, prefix: str = "auto",
+                  where: str = "checkpoint") -> tuple[BackboneMatch | None, list]:
     """The best (container, prefix) for the backbone whose state dict is `own`, and every candidate
     as (count, container, prefix), best first."""
     targets = set(own)
@@ -123,7 +124,7 @@ def find_backbone(obj, own: dict, prefix: str = "auto") -> tuple[BackboneMatch |
         return None, candidates
     if len(scored) > 1 and scored[1][0] == scored[0][0]:
         (_, n, c1, p1), (_, _, c2, p2) = scored[0], scored[1]
-        raise CheckpointError(f"ambiguous checkpoint: prefix {p1!r} in {c1 or 'the top level'!r} and {p2!r} in "
+        raise CheckpointError(f"{where} is ambiguous: prefix {p1!r} in {c1 or 'the top level'!r} and {p2!r} in "
                               f"{c2 or 'the top level'!r} both name {n} backbone tensors; set backbone_prefix")
     _, _, name, p = scored[0]
     state = tensor_containers(obj)[name]
@@ -136,7 +137,7 @@ def describe_layouts(obj) -> str:
     text = "top-level keys: " + (", ".join(map(str, top)) + (", ..." if len(obj) > 8 else "") if top else
                                  f"none (a {type(obj).__name__})")
     groups = Counter()
-    for name, state in tensor_containers(obj).items():
+    for name, state in tensor_containers(obj, strip="").items():  # the keys as stored, `module.` included
         for key in state:
             parts = key.split(".")
             cut = next((i for i, part in enumerate(parts) if part in ROOTS), min(1, len(parts) - 1))
@@ -149,7 +150,7 @@ def _shape(t) -> str:
     return "[" + ", ".join(map(str, t.shape)) + "]"
 
 
-def _fit(match: BackboneMatch, own: dict, backbone) -> dict:
+def _fit(match: BackboneMatch, own: dict, backbone, where: str) -> dict:
     """The tensors to load: the position embedding resized to the model's grid, classifiers dropped,
     any other shape difference an error."""
     usable, differ = {}, []
@@ -167,7 +168,7 @@ def _fit(match: BackboneMatch, own: dict, backbone) -> dict:
         elif key.split(".")[0] not in CLASSIFIERS:
             differ.append(f"{key} {_shape(value)} vs {_shape(own[key])}")
     if differ:
-        raise CheckpointError(f"{len(differ)} backbone tensors differ in shape (checkpoint vs backbone): "
+        raise CheckpointError(f"{where}: {len(differ)} backbone tensors differ in shape (checkpoint vs backbone): "
                               f"{'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}; check backbone "
                               f"arch/width/patch_size/in_chans against the checkpoint's")
     return usable
@@ -187,14 +188,15 @@ def load_match(backbone: torch.nn.Module, obj, prefix: str = "auto", min_fractio
     """Load the backbone that `obj` (a loaded checkpoint) holds into `backbone`; the match it used."""
     own = backbone.state_dict()
     what = f"{type(backbone).__name__} ({len(own)} tensors, e.g. {', '.join(list(own)[:2])})"
-    match, candidates = find_backbone(obj, own, prefix)
+    match, candidates = find_backbone(obj, own, prefix, where)
     best = (f"best fit: prefix {candidates[0][2]!r} in {candidates[0][1] or 'the top level'!r} names "
             f"{candidates[0][0]} of {len(own)}") if candidates and candidates[0][0] else "no key names a backbone tensor"
-    if match is None or len(match.tensors.keys() & own.keys()) < min_fraction * len(own):
+    required = [k for k in own if k.rsplit(".", 1)[-1] not in OPTIONAL]
+    if match is None or len(match.tensors.keys() & set(required)) < min_fraction * len(required):
         raise CheckpointError(f"{where} does not fit backbone {what}: {best}; found {describe_layouts(obj)}; "
                               f"check backbone.arch/width or set backbone_prefix")
-    usable = _fit(match, own, backbone)
-    missing = [k for k in own if k not in usable and k.rsplit(".", 1)[-1] not in OPTIONAL]
+    usable = _fit(match, own, backbone, where)
+    missing = [k for k in required if k not in usable]
     if missing:
         raise CheckpointError(f"{where} (prefix {match.prefix!r} in {match.container or 'the top level'!r}) lacks "
                               f"{len(missing)} backbone tensors: {', '.join(missing[:4])}"
