@@ -147,11 +147,14 @@ def output_dir_for(cell, stage_name, run_id):
     return posixpath.join(OUTPUT_ROOT, cell.experiment, cell.cell_id, f"{stage_name}-{run_id[:8]}")
 
 
-def assign_outputs(cell, run_ids=None):
-    """Fill in output dirs (and wired checkpoint paths) from ``run_ids``; placeholders if None."""
-    run_ids = run_ids or {}
+def assign_outputs(cell, run_ids=None, elsewhere=None):
+    """Fill in output dirs (and wired checkpoint paths) from ``run_ids``; placeholders if None.
+    ``elsewhere``: {stage: output dir} of stages whose finished work another chain did (lineage reuses
+    it), so their downstream reads that chain's outputs."""
+    run_ids, elsewhere = run_ids or {}, elsewhere or {}
     for stage in cell.stages:  # topological, so an upstream's dir is known first
-        stage.output_dir = output_dir_for(cell, stage.name, run_ids.get(stage.name, PLACEHOLDER_RUN_ID))
+        stage.output_dir = (elsewhere.get(stage.name) or
+                            output_dir_for(cell, stage.name, run_ids.get(stage.name, PLACEHOLDER_RUN_ID)))
         set_dotted(stage.config, "output_dir", stage.output_dir)
         if stage.wired:
             upstream = cell.stage(stage.upstream)

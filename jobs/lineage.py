@@ -24,6 +24,7 @@ from .dag import assign_outputs
 from .tracking_store import DEFAULT_DB, check_tracking, client, sqlite_path, store_exists, tracking_uri  # noqa: F401
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+REUSED_TAG = "hirl.reused_from"  # on a stage run that stands for a finished run of another chain
 
 
 @dataclass
@@ -33,6 +34,12 @@ class StageRun:
     status: str
     created: bool          # made by this call (False: an earlier run was reused)
     output_dir: str
+    reused_from: str = ""  # a finished run of another chain whose outputs this stage run stands for
+
+    @property
+    def source(self):
+        """The run whose outputs this stage's downstream reads (its ``hirl.upstream_run_id``)."""
+        return self.reused_from or self.run_id
 
 
 @dataclass
@@ -47,6 +54,7 @@ class StageStatus:
     job_id: str = ""       # the backend's id of its latest attempt (local: the process id)
     output_dir: str = ""
     metrics: dict | None = None  # all its latest metrics (report)
+    reused_from: str = ""  # the finished run of another chain it stands for ("" when it ran itself)
 
 
 @dataclass
@@ -169,34 +177,73 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
                 c.set_tag(chain_id, key, value)
     existing = {} if force or chain is None else _latest_stage_runs(c, exp_id, chain_id)  # a new chain has none
 
-    runs, created = {}, []
+    runs, created, elsewhere = {}, [], {}
     for stage in cell.stages:  # topological: an upstream's run id is known first
-        upstream_id = runs[stage.upstream].run_id if stage.upstream else ""
+        upstream_id = runs[stage.upstream].source if stage.upstream else ""
         old = existing.get(stage.name)
         if old is not None and old.data.tags.get("hirl.upstream_run_id", "") == upstream_id:
-            runs[stage.name] = StageRun(stage.name, old.info.run_id, old.info.status, False, "")
+            reused = old.data.tags.get(REUSED_TAG, "")
+            runs[stage.name] = StageRun(stage.name, old.info.run_id, old.info.status, False, "", reused)
+            if reused:
+                elsewhere[stage.name] = old.data.tags.get("hirl.output_dir", "")
             continue
         tags = {"mlflow.parentRunId": chain_id, "hirl.stage": stage.name, "hirl.stage_type": stage.type,
                 "hirl.cell": cell.cell_id, "hirl.upstream_run_id": upstream_id, "hirl.backend": bname,
                 "hirl.config_hash": stage.config_hash, "hirl.image": image,
                 "hirl.experiment": cell.experiment}
+        done = None if force else finished_elsewhere(c, exp_id, stage, upstream_id, runs)
+        if done is not None:  # the same work finished in another chain: this run stands for it
+            tags[REUSED_TAG] = done.data.tags.get(REUSED_TAG) or done.info.run_id
+            elsewhere[stage.name] = done.data.tags.get("hirl.output_dir", "")
         run = c.create_run(exp_id, tags=tags, run_name=stage.name)
-        c.update_run(run.info.run_id, status="SCHEDULED")  # create_run starts it RUNNING
-        runs[stage.name] = StageRun(stage.name, run.info.run_id, "SCHEDULED", True, "")
-        created.append(stage)
+        state = "SCHEDULED" if done is None else "FINISHED"
+        if done is None:
+            c.update_run(run.info.run_id, status="SCHEDULED")  # create_run starts it RUNNING
+        runs[stage.name] = StageRun(stage.name, run.info.run_id, state, True, "", tags.get(REUSED_TAG, ""))
+        created.append((stage, done))
 
-    assign_outputs(cell, {name: r.run_id for name, r in runs.items()})
+    assign_outputs(cell, {name: r.run_id for name, r in runs.items()}, elsewhere)
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in created:
+        for stage, done in created:
             run_id = runs[stage.name].run_id
             mlflow_view.log_stage_run(c, run_id, stage, {"hirl.output_dir": stage.output_dir})
             dump_config(stage.config, os.path.join(tmp, stage.name, "config.yaml"))
             c.log_artifact(run_id, os.path.join(tmp, stage.name, "config.yaml"))
+            if done is not None:
+                _stand_for(c, run_id, done)
     for stage in cell.stages:
         runs[stage.name].output_dir = stage.output_dir
     if any(r.status != "FINISHED" for r in runs.values()):
         c.update_run(chain_id, status="RUNNING")
     return runs
+
+
+def finished_elsewhere(c, exp_id, stage, upstream_id, runs):
+    """The newest FINISHED run in the experiment with the stage's own config hash (its type and
+    resolved config, its upstream's hash) that read the same upstream run, or None. Only worth a
+    search when the stage is a root or its upstream is finished: a downstream can have finished only
+    after the very run its upstream stands for."""
+    if stage.upstream and runs[stage.upstream].status != "FINISHED":
+        return None
+    found = _search(c, exp_id, f"tags.`hirl.config_hash` = '{stage.config_hash}' and attributes.status = 'FINISHED'")
+    for run in found:  # newest first
+        tags = run.data.tags
+        if (tags.get("hirl.stage_type") == stage.type and tags.get("hirl.kind") != "chain"
+                and tags.get("hirl.upstream_run_id", "") == upstream_id and tags.get("hirl.output_dir")):
+            return run
+    return None
+
+
+def _stand_for(c, run_id, done):
+    """Close a stage run that stands for ``done``: its latest metrics copied (the chain's row, status and
+    report read them here), FINISHED."""
+    from mlflow.entities import Metric
+
+    stamp = done.info.end_time or done.info.start_time or 0
+    metrics = [Metric(k, float(v), stamp, 0) for k, v in sorted(done.data.metrics.items())]
+    for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        c.log_batch(run_id, metrics=metrics[i:i + 1000])
+    c.set_terminated(run_id, status="FINISHED")
 
 
 def run_status(run_id, uri=None):
@@ -254,7 +301,8 @@ def _stage_status(name, run):
     except ValueError:
         attempt = 0
     return StageStatus(name, stype, run.info.run_id, run.info.status, metric, value, attempt,
-                       tags.get("hirl.job_id", ""), tags.get("hirl.output_dir", ""), dict(run.data.metrics))
+                       tags.get("hirl.job_id", ""), tags.get("hirl.output_dir", ""), dict(run.data.metrics),
+                       tags.get(REUSED_TAG, ""))
 
 
 @dataclass
@@ -301,8 +349,9 @@ def existing_runs(cell, uri=None):
     status = sweep_status(cell.experiment, [cell], uri)[0]
     if status.chain is None or any(not r.run_id for r in status.rows):
         return None
-    runs = {r.stage: StageRun(r.stage, r.run_id, r.status, False, "") for r in status.rows}
-    assign_outputs(cell, {name: r.run_id for name, r in runs.items()})
+    runs = {r.stage: StageRun(r.stage, r.run_id, r.status, False, "", r.reused_from) for r in status.rows}
+    assign_outputs(cell, {name: r.run_id for name, r in runs.items()},
+                   {r.stage: r.output_dir for r in status.rows if r.reused_from})
     for stage in cell.stages:
         runs[stage.name].output_dir = stage.output_dir
     return runs

@@ -127,7 +127,7 @@ class LocalBackend(Backend):
                     continue
                 d = common.decide(plan, stage, status)  # the upstream was judged above: it ran here
                 if d.action != "run":
-                    _say(f"skip {stage.name} (finished, run {run.run_id})" if d.action == "skip" else
+                    _say(f"skip {stage.name} ({_finished(run)})" if d.action == "skip" else
                          f"hold {stage.name}: {d.reason}; run {run.run_id} stays {status}")
                     handles[stage.name] = Handle(stage.name, run.run_id, status, log_path, reason=d.reason)
                     continue
@@ -304,6 +304,12 @@ def _check_data(cells):
 
 PID_FILE = "pid"
 _CHECKOUT = str(Path(__file__).resolve().parents[2])  # where `jobs` is imported from: the watcher's too
+
+
+def _finished(run):
+    if run.reused_from:  # the same stage, same config and upstream, finished in another chain
+        return f"finished in run {run.reused_from}, reused as run {run.run_id}"
+    return f"finished, run {run.run_id}"
 
 
 def _stays(status):
