@@ -81,7 +81,9 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
 
 
-def _rank(name: str, preferred: tuple) -> int:
+def placement_rank(name: str, preferred: tuple) -> int:
+    """Where a container or prefix stands in a tie: its place in `preferred`, then the unknown ones,
+    then the copies (momentum encoders, students)."""
     if name in preferred:
         return preferred.index(name)
     return len(preferred) + any(mark in name for mark in COPIES)
@@ -103,7 +105,7 @@ def detect_prefix(state: dict, target_keys) -> tuple[str, int]:
     counts = _prefix_counts(state, set(target_keys))
     if not counts:
         return "", 0
-    return min(counts.items(), key=lambda kv: (-kv[1], _rank(kv[0], PREFIXES)))
+    return min(counts.items(), key=lambda kv: (-kv[1], placement_rank(kv[0], PREFIXES)))
 
 
 def find_backbone(obj, own: dict, prefix: str = "auto",
@@ -117,7 +119,7 @@ def find_backbone(obj, own: dict, prefix: str = "auto",
         if prefix != "auto":
             counts = Counter({prefix: counts.get(prefix, 0)})
         for p, n in counts.items():
-            scored.append(((-n, _rank(name, CONTAINERS), _rank(p, PREFIXES)), n, name, p))
+            scored.append(((-n, placement_rank(name, CONTAINERS), placement_rank(p, PREFIXES)), n, name, p))
     scored.sort(key=lambda s: (s[0], s[2], s[3]))
     candidates = [(n, name, p) for _, n, name, p in scored]
     if not scored or scored[0][1] == 0:
