@@ -119,6 +119,7 @@ def build_parser():
     p.add_argument("--out", metavar="DIR", help="where to write the files (default outputs/EXP/report-<sweep>)")
 
     image.add_parser(sub)
+    cli_runs.add_export_parser(sub)
 
     p = sub.add_parser("ui", help="serve the MLflow UI on the tracking store; prints the address of the runs "
                                   "table of the latest experiment (or --experiment)")
@@ -264,7 +265,7 @@ def cmd_ui(args):
 
 COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cli_runs.cmd_status, "logs": cli_runs.cmd_logs,
             "cancel": cli_runs.cmd_cancel, "retry": cli_runs.cmd_retry, "report": cli_runs.cmd_report, "ui": cmd_ui,
-            "image": image.cmd_image}
+            "image": image.cmd_image, "export": cli_runs.cmd_export}
 
 
 def main(argv=None):

@@ -1,9 +1,10 @@
-"""The ``hirl`` verbs on runs that exist: status (with a queueing backend's view), logs, cancel, retry
-and report. Each acts on a whole sweep, or on the cells ``--cell`` selects."""
+"""The ``hirl`` verbs on runs that exist: status (with a queueing backend's view), logs, cancel, retry,
+report and export. Each acts on a whole sweep, or on the cells ``--cell`` selects."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
@@ -283,3 +284,61 @@ def cmd_report(args):
     print(table.markdown, end="")
     print(f"\nwrote {', '.join(paths.values())}; logged to sweep run {run_id} (artifacts: report/)")
     return 0
+
+
+# -- export -------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("torchvision", "timm", "detectron2")
+
+
+def add_export_parser(sub):
+    p = sub.add_parser("export", help="write a pre-trained backbone as a torchvision / timm state dict or a "
+                                      "detectron2 pickle (python -m hirl_core.export)")
+    p.add_argument("checkpoint", nargs="?", default="", help="a checkpoint file; or --experiment for a "
+                                                             "finished pre-training's backbone.pth")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--arch", default="", help="backbone arch (default: from the checkpoint)")
+    p.add_argument("--experiment", default="", metavar="EXP", help="experiment or sweep whose pre-training to export")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="the overrides it was submitted with (they decide the cell)")
+    p.add_argument("--cell", default="", help="the cell (id prefix or key=value), when EXP is a sweep")
+    p.add_argument("--stage", default="", help="the pre-training stage (default: the cell's first pretrain)")
+
+
+def _finished_backbone(args):
+    """The backbone.pth of the chosen cell's FINISHED pre-training stage, found through MLflow."""
+    from . import lineage
+
+    sweep = load(args)
+    cells = sweep.select(args.cell)
+    if len(cells) > 1:
+        listing = "; ".join(f"{c.cell_id[:8]} {c.label}" for c in cells[:6])
+        raise SpecError(f"{len(cells)} cells match: pick one with --cell (id prefix or key=value): {listing}")
+    cell = cells[0]
+    _check_stage(args.stage, cells)
+    pretrains = [s.name for s in cell.stages if s.type == "pretrain"]
+    stage = args.stage or (pretrains[0] if pretrains else "")
+    if stage not in pretrains:
+        raise SpecError(f"stage {stage or '(none)'!r} is not a pretrain stage; export takes a pre-training's "
+                        f"backbone: {', '.join(pretrains) or 'this cell has none'}")
+    row = next(r for r in lineage.sweep_status(sweep.name, [cell], lineage.tracking_uri())[0].rows
+               if r.stage == stage)
+    if row.status != "FINISHED":
+        raise SpecError(f"stage {stage} of cell {cell.cell_id[:8]} is {row.status if row.run_id else 'not submitted'}"
+                        f", not FINISHED: its backbone.pth is written at its end (hirl status {args.experiment})")
+    path = os.path.join(row.output_dir, "backbone.pth")
+    if not os.path.isfile(path):
+        raise SpecError(f"stage {stage} of cell {cell.cell_id[:8]} finished, but {path} is not here (run hirl "
+                        f"export where its outputs are, or pass the file)")
+    return path
+
+
+def cmd_export(args):
+    if bool(args.checkpoint) == bool(args.experiment):
+        raise SpecError("hirl export takes a checkpoint file or --experiment EXP [--cell C] [--stage S], "
+                        f"not {'both' if args.checkpoint else 'neither'}")
+    path = args.checkpoint or _finished_backbone(args)
+    argv = [sys.executable, "-m", "hirl_core.export", path, "--format", args.format, "-o", args.output]
+    if args.arch:
+        argv += ["--arch", args.arch]
+    return subprocess.run(argv).returncode  # its one-line errors and exit code 2 pass through
