@@ -186,6 +186,9 @@ PROB_PER_CROP = Either(FRACTION, Seq(FRACTION))
 PRETRAIN_SECTIONS = {"method": False, "backbone": False, "data": False, "optimizer": False, "schedule": False,
                      "augment": False, "hirl": True, "hirl.kmeans": False, "tracking": False}
 KNN_SECTIONS = {"backbone": True, "data": False, "knn": False, "tracking": False}
+# data.hierarchy: null takes the dataset's own (hirl_core/data/hierarchy.py checks its contents)
+CLUSTERING_SECTIONS = {"backbone": True, "data": False, "data.hierarchy": True, "clustering": False,
+                       "tracking": False}
 
 COMMON = {
     "seed": INDEX, "device": Choice(DEVICES), "output_dir": Text(),
@@ -251,7 +254,17 @@ KNN = {
     "knn.k": Seq(COUNT), "knn.temperature": POSITIVE, "knn.batch_size": COUNT, "knn.query_chunk": COUNT,
 }
 
-SCHEMAS = {"pretrain": (PRETRAIN_SECTIONS, PRETRAIN), "knn": (KNN_SECTIONS, KNN)}
+CLUSTERING = {
+    **COMMON,
+    "pretrained": Text(null="set by the orchestrator"), "backbone_prefix": Text(), "untrained": Bool(),
+    "clustering.num_clusters": Int(1, null="the number of classes"), "clustering.niter": COUNT,
+    "clustering.nredo": COUNT, "clustering.seed": INDEX, "clustering.max_points_per_centroid": COUNT,
+    "clustering.batch_size": COUNT, "clustering.tree": Bool(), "clustering.tree_train_purity": Bool(),
+    "clustering.faiss_threads": Int(1, null="faiss's default"),
+}
+
+SCHEMAS = {"pretrain": (PRETRAIN_SECTIONS, PRETRAIN), "knn": (KNN_SECTIONS, KNN),
+           "clustering": (CLUSTERING_SECTIONS, CLUSTERING)}
 
 
 def check_value(key, value, rule):
@@ -262,7 +275,8 @@ def check_value(key, value, rule):
 
 
 def check_config(cfg, stage):
-    """Refuse the first known key of a ``stage`` config (``pretrain``, ``knn``) whose value is not allowed.
+    """Refuse the first known key of a ``stage`` config (``pretrain``, ``knn``, ``clustering``) whose value
+    is not allowed.
 
     A stage type without a schema is not checked (the orchestrator plans types it cannot run yet)."""
     if stage not in SCHEMAS:

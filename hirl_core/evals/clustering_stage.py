@@ -1,0 +1,255 @@
+"""The `clustering` stage (hirl-method.md §3.6): k-means of frozen val features scored against the classes.
+
+L2-normalised backbone features of the val split are clustered by the project's faiss k-means
+(``hirl_core.hirl.kmeans``, the seed's settings: niter 20, nredo 5, seed 0) into K = number of classes
+(``clustering.num_clusters: null``) and scored with NMI, AMI, ARI and Hungarian ACC; the untrained
+backbone (built from the pre-training seed, as the knn stage's) the same way when ``untrained: true``.
+
+Beyond the seed:
+- a class hierarchy (``data.hierarchy``, hirl_core.data.hierarchy; Fashion-MNIST has one by default):
+  each coarse level is clustered again with K = its number of coarse classes and scored against the
+  coarse labels (``nmi_<level>``, ``acc_<level>``, ...);
+- a HIRL pre-training's prototype tree (``hirl_tree`` in the checkpoint.pth beside ``pretrained``): the
+  tree clusters the method's *clustering features* (``forward_feature``: the momentum/teacher projector's
+  output, which the backbone alone cannot produce), so the method is rebuilt from that checkpoint (its
+  config and weights) to embed the val images; each image takes its nearest leaf prototype and the leaf's
+  ancestors through the parent maps (the tree's own rule for its training images) and every tree level's
+  purity is scored against every class level (``tree_purity_l<i>[_<level>]``, rule in cluster_metrics).
+  The tree is the last clustered epoch's, the weights those at the end of that epoch. With
+  ``clustering.tree_train_purity`` the tree's own training-set assignments are scored against the
+  training labels too (``tree_train_purity_l<i>[_<level>]``).
+
+    clustering:
+      num_clusters: null        # null: the number of classes (the seed's K = 1000 on ImageNet)
+      niter: 20
+      nredo: 5
+      seed: 0
+      max_points_per_centroid: 1000
+      batch_size: 256           # feature extraction batch
+      tree: true                # score a HIRL pre-training's prototype tree when there is one
+      tree_train_purity: true   # also the tree's training-set assignments (reads the training labels)
+      faiss_threads: null       # CPU k-means threads (null: faiss's default, all cores); see clustering_demo.yaml
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, load_config
+from ..data import check_data
+from ..data.build import build_eval_dataset
+from ..data.hierarchy import class_names, hierarchy_of, resolve_hierarchy
+from ..engine.checkpoint import CHECKPOINT
+from ..engine.distributed import init_distributed
+from ..engine.lifecycle import StageLifecycle, seed_all
+from ..hirl.epoch import tree_from_state
+from ..hirl.kmeans import kmeans
+from ..models import build_backbone
+from ..models.loading import CheckpointError, load_backbone
+from .cluster_metrics import clustering_scores, coarse_labels, tree_purity
+from .knn import extract_features
+
+SCORES = ("nmi", "ami", "ari", "acc")
+
+
+def _backbone_from_pretrain_dir(cfg) -> None:
+    """A hand-run stage may omit `backbone`: take it (and the seed) from the pre-training's config.yaml."""
+    beside = Path(cfg.pretrained).parent / "config.yaml"
+    if not beside.is_file():
+        raise ConfigError("clustering needs the pre-training's backbone section: set +backbone.arch=... or "
+                          f"keep the pre-training config.yaml beside {cfg.pretrained}")
+    pre = load_config(beside)
+    cfg["backbone"], cfg["seed"] = pre.backbone, pre.seed
+
+
+def _dataset_classes(dataset, data) -> list:
+    """The fine class names: the dataset's own (ImageFolder folders), Fashion-MNIST's list, or indices."""
+    folder = getattr(dataset, "folder", None)
+    names = getattr(folder, "classes", None) or class_names(data)
+    if names is None:
+        names = [str(i) for i in range(int(dataset.targets.max()) + 1)]
+    return list(names)
+
+
+class TreeSource:
+    """A HIRL pre-training's prototype tree and the method (trained weights) whose features it clusters."""
+
+    def __init__(self, method, tree, pre_cfg, path: Path, epoch: int):
+        self.method, self.tree, self.pre_cfg, self.path, self.epoch = method, tree, pre_cfg, path, epoch
+
+    def describe(self) -> str:
+        sizes = "/".join(str(len(c)) for c in self.tree.centroids)
+        return f"{sizes} prototypes, clustered at epoch {self.epoch + 1}, from {self.path}"
+
+
+def _tree_source(cfg) -> TreeSource | None:
+    """The tree of the checkpoint.pth beside `pretrained`; None for a baseline or without that file."""
+    path = Path(cfg.pretrained).parent / CHECKPOINT
+    if not path.is_file():
+        print(f"[clustering] no {CHECKPOINT} beside {cfg.pretrained}: no prototype tree to score", flush=True)
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: one line, before anything is tracked
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or not state.get("hirl_tree"):
+        return None  # a baseline pre-training, or HIRL stopped before its first clustering epoch
+    from ..hirl.wrapper import HIRL
+    from ..methods import build_method
+
+    pre = Config(state["config"])
+    method = HIRL(build_method(pre), pre.hirl)
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit its own config's HIRL model: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return TreeSource(method, tree_from_state(state["hirl_tree"]), pre, path, int(state["hirl_tree"]["epoch"]))
+
+
+class _ClusteringFeatures(torch.nn.Module):
+    """The method's `forward_feature` as a module, so that `extract_features` embeds with it."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, images):
+        return self.method.forward_feature(images)
+
+
+def assign_to_tree(features: torch.Tensor, tree, chunk: int = 4096) -> list[np.ndarray]:
+    """Per tree level, each (unit-norm) feature's prototype: its nearest leaf, then the leaf's ancestors."""
+    leaves_protos = torch.from_numpy(tree.centroids[0])
+    leaves = torch.cat([(features[i:i + chunk] @ leaves_protos.T).argmax(dim=1)
+                        for i in range(0, len(features), chunk)]).numpy()
+    levels = [leaves]
+    for parents in tree.parents:
+        levels.append(parents[levels[-1]])
+    return levels
+
+
+def _settings(cfg) -> dict:
+    c = cfg.get("clustering") or {}
+    return {"num_clusters": c.get("num_clusters"), "niter": int(c.get("niter", 20)), "nredo": int(c.get("nredo", 5)),
+            "seed": int(c.get("seed", 0)), "max_points_per_centroid": int(c.get("max_points_per_centroid", 1000)),
+            "batch_size": int(c.get("batch_size", 256)), "tree": bool(c.get("tree", True)),
+            "tree_train_purity": bool(c.get("tree_train_purity", True)), "faiss_threads": c.get("faiss_threads")}
+
+
+def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use_gpu: bool) -> dict:
+    """k-means per class level (K = ks[level]) scored against that level's labels."""
+    import faiss
+
+    x = features.numpy().astype(np.float32)
+    out = {}
+    threads = faiss.omp_get_max_threads()
+    if s["faiss_threads"]:
+        faiss.omp_set_num_threads(int(s["faiss_threads"]))
+    try:
+        for level, y in labels_by_level.items():
+            _, assign = kmeans(x, ks[level], niter=s["niter"], nredo=s["nredo"], seed=s["seed"],
+                               max_points_per_centroid=s["max_points_per_centroid"], use_gpu=use_gpu)
+            scores = clustering_scores(y, assign)
+            out.update({(k if level == "fine" else f"{k}_{level}"): v for k, v in scores.items()})
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return out
+
+
+def _train_labels_by_level(source: TreeSource, levels: dict) -> dict | None:
+    """The training labels in the order the tree's images were clustered (the pre-training's eval set)."""
+    try:
+        train_set = build_eval_dataset(source.pre_cfg.data, "train")
+    except ConfigError as exc:
+        print(f"[clustering] tree_train_purity skipped: the pre-training's train split is not here ({exc})",
+              flush=True)
+        return None
+    y = train_set.targets.numpy()
+    if len(y) != len(source.tree.labels[0]):
+        print(f"[clustering] tree_train_purity skipped: the tree holds {len(source.tree.labels[0])} images, "
+              f"the pre-training's train split {len(y)}", flush=True)
+        return None
+    return {"fine": y, **{name: coarse_labels(y, table) for name, (table, _) in levels.items()}}
+
+
+def _summary(metrics: dict, levels: dict, tree_levels: int, untrained: bool) -> str:
+    rows = [("classes", "")] + [(name, f"_{name}") for name in levels]
+    lines = ["[clustering] " + f"{'':<16}" + "".join(f"{s:>8}" for s in SCORES)]
+    for name, suffix in rows:
+        for which, tail in (("pretrained", ""), ("untrained", "_untrained")):
+            if which == "untrained" and not untrained:
+                continue
+            values = "".join(f"{metrics[s + suffix + tail]:8.4f}" for s in SCORES)
+            lines.append(f"[clustering] {name + ' ' + which:<16}{values}")
+    for i in range(1, tree_levels + 1):
+        parts = [f"{k.removeprefix(f'tree_purity_l{i}').lstrip('_') or 'classes'} {v:.4f}"
+                 for k, v in metrics.items() if k == f"tree_purity_l{i}" or k.startswith(f"tree_purity_l{i}_")]
+        lines.append(f"[clustering] tree level {i} purity (val): " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def run_clustering(cfg) -> dict:
+    info = init_distributed(cfg.get("device", "auto"))
+    if not cfg.get("pretrained"):
+        raise ConfigError("clustering needs `pretrained=<path to backbone.pth or a checkpoint>`")
+    if not isinstance(cfg.get("backbone"), dict):
+        _backbone_from_pretrain_dir(cfg)
+    check_data(cfg.data, splits=("val",))
+    s = _settings(cfg)
+    seed_all(cfg.seed)
+    backbone = build_backbone(cfg.backbone)
+    untrained = {k: v.clone() for k, v in backbone.state_dict().items()}
+    prefix = load_backbone(backbone, cfg.pretrained, cfg.get("backbone_prefix", "auto"))  # fails before tracking
+    if not info.is_main:  # k-means of one val set: nothing for other ranks to share
+        return {}
+    # everything a user can get wrong is checked here, before the run is tracked
+    val_set = build_eval_dataset(cfg.data, "val")
+    labels = val_set.targets.numpy()
+    names = _dataset_classes(val_set, cfg.data)
+    levels = resolve_hierarchy(hierarchy_of(cfg.data), names, len(names))
+    ks = {"fine": int(s["num_clusters"] or len(names)), **{n: len(coarse) for n, (_, coarse) in levels.items()}}
+    if max(ks.values()) > len(labels):
+        raise ConfigError(f"clustering.num_clusters={ks['fine']} is out of range: the val split has only "
+                          f"{len(labels)} images")
+    source = _tree_source(cfg) if s["tree"] else None
+    labels_by_level = {"fine": labels, **{n: coarse_labels(labels, table) for n, (table, _) in levels.items()}}
+    use_gpu = info.device.type == "cuda"
+    params = {"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch,
+              "clustering_k": ", ".join(f"{n}={k}" for n, k in ks.items()),
+              "prototype_tree": "none" if source is None else source.describe()}
+    life = StageLifecycle(cfg, "clustering", info)
+    with life.tracked(params) as tracker:
+        t0 = time.perf_counter()
+        backbone.to(info.device)
+        feats, _ = extract_features(backbone, val_set, s["batch_size"], info.device,
+                                    desc="[clustering] pretrained: val features")
+        metrics = _score(feats, labels_by_level, ks, s, use_gpu)
+        if cfg.get("untrained", True):
+            backbone.load_state_dict(untrained)
+            feats, _ = extract_features(backbone, val_set, s["batch_size"], info.device,
+                                        desc="[clustering] untrained: val features")
+            base = _score(feats, labels_by_level, ks, s, use_gpu)
+            metrics.update({f"{k}_untrained": v for k, v in base.items()})
+        del feats
+        tree_levels = 0
+        if source is not None:
+            tree_levels = source.tree.num_levels
+            source.method.to(info.device)
+            tree_feats, _ = extract_features(_ClusteringFeatures(source.method), val_set, s["batch_size"],
+                                             info.device, desc="[clustering] prototype tree: val features")
+            metrics.update(tree_purity(assign_to_tree(tree_feats, source.tree), labels_by_level))
+            train_labels = _train_labels_by_level(source, levels) if s["tree_train_purity"] else None
+            if train_labels is not None:
+                own = tree_purity(source.tree.labels, train_labels)
+                metrics.update({k.replace("tree_purity", "tree_train_purity"): v for k, v in own.items()})
+        metrics["clustering_time_s"] = time.perf_counter() - t0
+        tracker.metrics(metrics)
+        (life.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(_summary(metrics, levels, tree_levels, cfg.get("untrained", True)), flush=True)
+    return metrics
