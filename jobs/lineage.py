@@ -20,11 +20,11 @@ from hirl_core.stages import key_metric
 
 from . import mlflow_view
 from .dag import assign_outputs
+from .lineage_reuse import REUSED_TAG, finished_elsewhere, stand_for
 # Re-exported: the CLI, the backends and the tests reach the store through lineage.
 from .tracking_store import DEFAULT_DB, check_tracking, client, sqlite_path, store_exists, tracking_uri  # noqa: F401
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
-REUSED_TAG = "hirl.reused_from"  # on a stage run that stands for a finished run of another chain
 
 
 @dataclass
@@ -210,40 +210,12 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
             dump_config(stage.config, os.path.join(tmp, stage.name, "config.yaml"))
             c.log_artifact(run_id, os.path.join(tmp, stage.name, "config.yaml"))
             if done is not None:
-                _stand_for(c, run_id, done)
+                stand_for(c, run_id, done)
     for stage in cell.stages:
         runs[stage.name].output_dir = stage.output_dir
     if any(r.status != "FINISHED" for r in runs.values()):
         c.update_run(chain_id, status="RUNNING")
     return runs
-
-
-def finished_elsewhere(c, exp_id, stage, upstream_id, runs):
-    """The newest FINISHED run in the experiment with the stage's own config hash (its type and
-    resolved config, its upstream's hash) that read the same upstream run, or None. Only worth a
-    search when the stage is a root or its upstream is finished: a downstream can have finished only
-    after the very run its upstream stands for."""
-    if stage.upstream and runs[stage.upstream].status != "FINISHED":
-        return None
-    found = _search(c, exp_id, f"tags.`hirl.config_hash` = '{stage.config_hash}' and attributes.status = 'FINISHED'")
-    for run in found:  # newest first
-        tags = run.data.tags
-        if (tags.get("hirl.stage_type") == stage.type and tags.get("hirl.kind") != "chain"
-                and tags.get("hirl.upstream_run_id", "") == upstream_id and tags.get("hirl.output_dir")):
-            return run
-    return None
-
-
-def _stand_for(c, run_id, done):
-    """Close a stage run that stands for ``done``: its latest metrics copied (the chain's row, status and
-    report read them here), FINISHED."""
-    from mlflow.entities import Metric
-
-    stamp = done.info.end_time or done.info.start_time or 0
-    metrics = [Metric(k, float(v), stamp, 0) for k, v in sorted(done.data.metrics.items())]
-    for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-        c.log_batch(run_id, metrics=metrics[i:i + 1000])
-    c.set_terminated(run_id, status="FINISHED")
 
 
 def run_status(run_id, uri=None):

@@ -135,3 +135,19 @@ def test_a_stage_whose_upstream_run_differs_is_not_reused(root):
     assert runs["knn"].status == "SCHEDULED" and not runs["knn"].reused_from  # its knn read the older one
     assert grown.stage("knn").config.pretrained == f"{newer.data.tags['hirl.output_dir']}/backbone.pth"
     assert c.get_run(runs["knn"].run_id).data.tags["hirl.upstream_run_id"] == newer.info.run_id
+
+
+def test_a_bulk_creation_can_tell_which_new_cells_have_finished_work_to_reuse(root):
+    from jobs import lineage_reuse
+
+    first = write_spec(root, PRETRAIN)
+    runs = lineage.ensure_chain(first, "local")
+    c = lineage.client()
+    exp_id = c.get_experiment_by_name("grow").experiment_id
+    assert lineage_reuse.finished_hashes(c, exp_id) == set()  # SCHEDULED is no finished work
+    lineage.set_run_status(runs["pretrain"].run_id, "FINISHED")
+    assert lineage_reuse.finished_hashes(c, exp_id) == {first.stage("pretrain").config_hash}
+    hashes = lineage_reuse.finished_hashes(c, exp_id)
+    assert lineage_reuse.may_reuse(write_spec(root, {**PRETRAIN, **KNN}), hashes)
+    other = {"pretrain": {**PRETRAIN["pretrain"], "overrides": ["epochs=2"]}}
+    assert not lineage_reuse.may_reuse(write_spec(root, {**other, **KNN}), hashes)
