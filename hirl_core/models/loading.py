@@ -155,9 +155,11 @@ def _shape(t) -> str:
 def _fit(match: BackboneMatch, own: dict, backbone, where: str) -> dict:
     """The tensors to load: the position embedding resized to the model's grid, classifiers dropped,
     any other shape difference an error."""
-    usable, differ = {}, []
+    usable, differ, extra = {}, [], []
     for key, value in match.tensors.items():
-        if key not in own:
+        if key not in own:  # a part of a ResNet/ViT this one lacks (a deeper net), not a head: reported
+            if key.split(".")[0] in ROOTS - set(CLASSIFIERS) and key.rsplit(".", 1)[-1] not in OPTIONAL:
+                extra.append(key)
             continue
         if key == "pos_embed" and value.shape != own[key].shape and value.ndim == 3 \
                 and value.shape[-1] == own[key].shape[-1] and hasattr(backbone, "patch_embed"):
@@ -173,6 +175,10 @@ def _fit(match: BackboneMatch, own: dict, backbone, where: str) -> dict:
         raise CheckpointError(f"{where}: {len(differ)} backbone tensors differ in shape (checkpoint vs backbone): "
                               f"{'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}; check backbone "
                               f"arch/width/patch_size/in_chans against the checkpoint's")
+    if extra:
+        raise CheckpointError(f"{where} holds {len(extra)} backbone tensors this backbone lacks: "
+                              f"{', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}; check backbone "
+                              f"arch/depth against the checkpoint's")
     return usable
 
 
@@ -180,20 +186,23 @@ def load_backbone(backbone: torch.nn.Module, path: str | os.PathLike, prefix: st
                   min_fraction: float = 0.9) -> str:
     """Load weights into `backbone`; returns the prefix used (within its container)."""
     obj = read_checkpoint(path)
-    if prefix != "auto":
-        prefix = prefix.rstrip(".") + "." if prefix else ""
     return load_match(backbone, obj, prefix, min_fraction, where=f"checkpoint {path}").prefix
 
 
 def load_match(backbone: torch.nn.Module, obj, prefix: str = "auto", min_fraction: float = 0.9,
                where: str = "checkpoint") -> BackboneMatch:
     """Load the backbone that `obj` (a loaded checkpoint) holds into `backbone`; the match it used."""
+    if prefix != "auto":  # `backbone`, `backbone.`, `module.backbone` all name the same keys
+        bare = prefix.strip(".")
+        bare = "" if bare == "module" else bare.removeprefix("module.")
+        prefix = bare + "." if bare else ""
     own = backbone.state_dict()
+    required = [k for k in own if k.rsplit(".", 1)[-1] not in OPTIONAL]
     what = f"{type(backbone).__name__} ({len(own)} tensors, e.g. {', '.join(list(own)[:2])})"
     match, candidates = find_backbone(obj, own, prefix, where)
     best = (f"best fit: prefix {candidates[0][2]!r} in {candidates[0][1] or 'the top level'!r} names "
-            f"{candidates[0][0]} of {len(own)}") if candidates and candidates[0][0] else "no key names a backbone tensor"
-    required = [k for k in own if k.rsplit(".", 1)[-1] not in OPTIONAL]
+            f"{candidates[0][0]} of {len(required)}") if candidates and candidates[0][0] else \
+        "no key names a backbone tensor"
     if match is None or len(match.tensors.keys() & set(required)) < min_fraction * len(required):
         raise CheckpointError(f"{where} does not fit backbone {what}: {best}; found {describe_layouts(obj)}; "
                               f"check backbone.arch/width or set backbone_prefix")

@@ -97,7 +97,9 @@ def test_prefixes_returned_are_those_of_the_seed_convention(tmp_path):
         torch.save(obj, tmp_path / "c.pth")
         assert _assert_loaded(tmp_path / "c.pth", state, SMALL_RESNET) == want
     torch.save({"model": {**_prefixed("a.", state), **_prefixed("b.", _other(state))}}, tmp_path / "c.pth")
-    assert _assert_loaded(tmp_path / "c.pth", _other(state), SMALL_RESNET, prefix="b") == "b."
+    for given in ("b", "b.", "module.b"):
+        assert _assert_loaded(tmp_path / "c.pth", _other(state), SMALL_RESNET, prefix=given) == "b."
+    assert _assert_loaded(tmp_path / "c.pth", state, SMALL_RESNET, prefix="a") == "a."
 
 
 def test_project_parameter_names_are_torchvision_and_timm_names():
@@ -181,6 +183,10 @@ def test_shape_differences_missing_tensors_and_ties_are_reported(tmp_path):
     assert "lacks 1 backbone tensors: layer4.1.bn2.weight" in _error(tmp_path, {"model": _prefixed("backbone.", partial)})
     text = _error(tmp_path, {"model": {**_prefixed("net_a.", state), **_prefixed("net_b.", state)}})
     assert "is ambiguous" in text and "'net_a.'" in text and "backbone_prefix" in text
+    deeper = _backbone({**SMALL_RESNET, "arch": "resnet34"}, 0).state_dict()  # resnet18's names are a subset
+    assert "holds 80 backbone tensors this backbone lacks: layer1.2.conv1.weight" in _error(tmp_path, deeper)
+    vit = _backbone(SMALL_VIT, 0).state_dict()
+    assert "this backbone lacks: blocks.1.norm1.weight" in _error(tmp_path, vit, {**SMALL_VIT, "depth": 1})
     no_bn_counts = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     torch.save(no_bn_counts, tmp_path / "old.pth")  # torchvision files from before BN counted batches
     load_backbone(_backbone(SMALL_RESNET, 1), tmp_path / "old.pth")
