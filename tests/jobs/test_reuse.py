@@ -151,3 +151,23 @@ def test_a_bulk_creation_can_tell_which_new_cells_have_finished_work_to_reuse(ro
     assert lineage_reuse.may_reuse(write_spec(root, {**PRETRAIN, **KNN}), hashes)
     other = {"pretrain": {**PRETRAIN["pretrain"], "overrides": ["epochs=2"]}}
     assert not lineage_reuse.may_reuse(write_spec(root, {**other, **KNN}), hashes)
+
+
+def test_a_sweep_over_an_evaluation_key_reuses_the_finished_pretraining_in_every_cell(root, capsys):
+    first = write_spec(root, PRETRAIN)
+    assert cli.main(["submit", "grow"]) == 0
+    (old,) = lineage.chain_status("grow", first.cell_id, first.names)
+    spec = {"name": "grow", "stages": {**PRETRAIN, **KNN}, "matrix": {"knn.knn.k": [[5], [10]]},
+            "resources": {"local": {"nproc_per_node": 1}}}
+    (root / "configs/experiments/grow.yaml").write_text(yaml.safe_dump(spec))
+    assert cli.main(["submit", "grow"]) == 0
+    # every new cell has a finished twin of its pre-training: a bulk creation must leave it to
+    # ensure_chain (lineage_reuse.may_reuse), which reuses it
+    assert ran(root) == ["pretrain", "knn", "knn"]
+    from jobs.matrix import load_sweep
+
+    for st in lineage.sweep_status("grow", load_sweep("grow", root=root).cells):
+        rows = {r.stage: r for r in st.rows}
+        assert rows["pretrain"].reused_from == old.run_id and rows["knn"].status == "FINISHED"
+        knn = lineage.client().get_run(rows["knn"].run_id)
+        assert knn.data.tags["hirl.upstream_run_id"] == old.run_id
