@@ -29,7 +29,7 @@ from ..config import ConfigError
 from .vit import interpolate_pos_embed
 
 CONTAINERS = ("model", "state_dict", "teacher", "", "student", "model_ema")  # "": the file's top level
-PREFIXES = ("model.backbone.", "backbone.", "encoder_q.", "module.encoder_q.", "base_encoder.", "encoder.", "")
+PREFIXES = ("model.backbone.", "backbone.", "encoder_q.", "base_encoder.", "encoder.", "")
 COPIES = ("_k.", "encoder_k.", "momentum", "target", "ema.", "student.")  # lose a tie against the original
 CLASSIFIERS = ("fc", "head")  # the seed drops these when their shapes differ; a backbone has none
 OPTIONAL = ("mask_token", "num_batches_tracked")  # absent from most files; the initial value is right
