@@ -27,6 +27,9 @@ if alive "$D/mlflow.pid" && healthy; then
 fi
 [ -x "$PY" ] || fail "no interpreter at $PY (make setup, or set HIRL_TRACKING_PYTHON)"
 "$PY" -c "import mlflow, psycopg2" 2>/dev/null || fail "$PY lacks mlflow or psycopg2 (make setup installs both)"
+# hirl's server app (jobs/tracking_server.py): a sweep's runs in one request instead of ~1,400
+"$PY" -c "import mlflow.server as s; s._find_app('hirl')" 2>/dev/null \
+  || fail "$PY has no MLflow app 'hirl' (make setup registers it: pyproject's mlflow.app entry point)"
 
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
 if [ -z "$PG_BIN" ]; then
@@ -73,7 +76,7 @@ MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-20} \
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid "$PY" -m mlflow server \
   --backend-store-uri "postgresql+psycopg2://postgres@127.0.0.1:$PG_PORT/mlflow" \
   --artifacts-destination "$D/artifacts" --serve-artifacts \
-  --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" >>"$D/mlflow.log" 2>&1 </dev/null &
+  --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" --app-name hirl >>"$D/mlflow.log" 2>&1 </dev/null &
 echo $! >"$D/mlflow.pid"
 for _ in $(seq 1 240); do
   healthy && break

@@ -1,6 +1,8 @@
 """A sweep's runs created from a pool of threads against a real MLflow server (loopback, sqlite-backed)
 are the same runs the one-by-one path makes."""
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,8 +36,8 @@ def server(tmp_path_factory):
         except OSError:
             time.sleep(0.5)
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its uvicorn workers at once
+    proc.wait(timeout=60)
 
 
 def test_a_sweep_made_in_parallel_against_a_server_has_every_run_once(tmp_path, monkeypatch, server):
