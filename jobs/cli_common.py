@@ -21,6 +21,11 @@ def _metric_text(row):
     return f"{row.metric}={row.value:.4g}" if row.metric and row.value is not None else "-"
 
 
+def _job_text(row):
+    """The job id; a stage run that stands for another chain's finished run had no job: "reused"."""
+    return row.job_id or ("reused" if getattr(row, "reused_from", "") else "-")
+
+
 def _table(rows, indent="  "):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [(indent + "  ".join(v.ljust(w) for v, w in zip(row, widths))).rstrip() for row in rows]
@@ -29,7 +34,7 @@ def _table(rows, indent="  "):
 def print_rows(rows):
     """One cell's stages (the single-experiment view: each line starts with the stage name)."""
     table = [("stage", "type", "state", "job id", "attempt", "run id", "key metric")]
-    table += [(r.stage, r.type or "-", r.status, r.job_id or "-", str(r.attempt or "-"), r.run_id or "-",
+    table += [(r.stage, r.type or "-", r.status, _job_text(r), str(r.attempt or "-"), r.run_id or "-",
                _metric_text(r)) for r in rows]
     print("\n".join(_table(_scheduler_column(table, rows))))
 
@@ -41,7 +46,7 @@ def print_sweep(statuses):
         for i, r in enumerate(st.rows):
             first = i == 0
             table.append((st.cell.cell_id[:8] if first else "", st.cell.label if first else "", r.stage,
-                          r.job_id or "-", r.status, str(r.attempt or "-"), _metric_text(r)))
+                          _job_text(r), r.status, str(r.attempt or "-"), _metric_text(r)))
     print("\n".join(_table(_scheduler_column(table, [r for st in statuses for r in st.rows]))))
 
 

@@ -96,6 +96,10 @@ def test_a_grown_chain_runs_only_its_new_stage_and_reads_the_finished_pretrainin
 
     assert cli.main(["submit", "grow"]) == 0  # nothing left to run
     assert ran(root) == ["pretrain", "knn"]
+    capsys.readouterr()
+    assert cli.main(["status", "grow"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["pretrain"]]
+    assert line.split()[:4] == ["pretrain", "pretrain", "FINISHED", "reused"]
 
 
 def test_finished_evaluations_are_reused_too_and_force_reruns_everything(root, capsys):
