@@ -186,7 +186,7 @@ def _rows(store, session, exp_id, planned):
 
 def write_plan(store, exp_id, planned, put_artifact=None):
     """Add the planned runs to ``store`` (a SqlAlchemyStore) in one transaction, then each run's
-    config.yaml through ``put_artifact(artifact_uri, local_path)`` (default: the URI's artifact repository)."""
+    config.yaml through ``put_artifact(artifact_uri, name, text)`` (default: put_text)."""
     from sqlalchemy import insert
 
     from mlflow.exceptions import MlflowException
@@ -197,30 +197,38 @@ def write_plan(store, exp_id, planned, put_artifact=None):
             with store.ManagedSessionMaker(read_only=False) as session:
                 tables, artifact_uris = _rows(store, session, exp_id, planned)
                 for model, rows in tables.items():
-                    if rows:  # ORM bulk INSERT: one executemany a table, not a unit of work over every row
-                        session.execute(insert(model), rows)
+                    if rows:  # one executemany a table, not an ORM unit of work over every row
+                        session.execute(insert(model.__table__), rows)
             break
         except MlflowException:
             # Another submission of this experiment inserted the same dataset (name, digest) first: its
             # unique key failed this transaction whole, and nothing of it was written; the retry finds it.
             if attempt == 2:
                 raise
-    put_artifact = put_artifact or _put_artifact
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in planned:
-            if run.get("config_yaml") is None:
-                continue
-            path = os.path.join(tmp, run["run_id"], "config.yaml")
-            os.makedirs(os.path.dirname(path))
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(run["config_yaml"])
-            put_artifact(artifact_uris[run["run_id"]], path)
+    put_artifact = put_artifact or put_text
+    for run in planned:
+        if run.get("config_yaml") is not None:
+            put_artifact(artifact_uris[run["run_id"]], "config.yaml", run["config_yaml"])
 
 
-def _put_artifact(artifact_uri, path):
+def put_text(artifact_uri, name, text):
+    """``text`` as the artifact ``name`` of a run: written in place under a local artifact URI (what
+    LocalArtifactRepository.log_artifact would copy there), else through the URI's artifact repository."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.utils.uri import is_local_uri
+    from mlflow.utils.file_utils import local_file_uri_to_path
 
-    get_artifact_repository(artifact_uri).log_artifact(path)
+    if is_local_uri(artifact_uri, is_tracking_or_registry_uri=False):
+        folder = local_file_uri_to_path(artifact_uri)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        get_artifact_repository(artifact_uri).log_artifact(path)
 
 
 # -- the client: plan, then write here or send to the server ------------------------------------

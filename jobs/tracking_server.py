@@ -11,23 +11,28 @@ to the calls one by one. Imported only by the server process.
 
 from __future__ import annotations
 
+import os
+
 from flask import jsonify, request
 
 from mlflow.server import app as flask_app
-from mlflow.server.handlers import _get_artifact_repo_mlflow_artifacts, _get_tracking_store
+from mlflow.server.handlers import _get_tracking_store
 
 from . import lineage_sql
 
 
-def _put_artifact(artifact_uri, path):
+def _put_artifact(artifact_uri, name, text):
     """A proxied run's artifacts (``mlflow-artifacts:/<exp>/<run>/artifacts``) live under the server's
-    artifacts destination; any other artifact URI through its own repository."""
+    artifacts destination; any other artifact URI is written through its own repository."""
     from urllib.parse import urlparse
 
+    from mlflow.server import ARTIFACTS_DESTINATION_ENV_VAR
+    from mlflow.utils.uri import append_to_uri_path
+
     parsed = urlparse(artifact_uri)
-    if parsed.scheme != "mlflow-artifacts":
-        return lineage_sql._put_artifact(artifact_uri, path)
-    _get_artifact_repo_mlflow_artifacts().log_artifact(path, artifact_path=parsed.path.lstrip("/"))
+    if parsed.scheme == "mlflow-artifacts":
+        artifact_uri = append_to_uri_path(os.environ[ARTIFACTS_DESTINATION_ENV_VAR], parsed.path.lstrip("/"))
+    lineage_sql.put_text(artifact_uri, name, text)
 
 
 def create_chains():
