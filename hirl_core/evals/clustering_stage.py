@@ -142,10 +142,11 @@ def _settings(cfg) -> dict:
             "tree_train_purity": bool(c.get("tree_train_purity", True)), "faiss_threads": c.get("faiss_threads")}
 
 
-def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use_gpu: bool) -> dict:
-    """k-means per class level (K = ks[level]) scored against that level's labels."""
+def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use_gpu: bool, clock: dict) -> dict:
+    """k-means per class level (K = ks[level]) scored against that level's labels; its time into `clock`."""
     import faiss
 
+    began = time.perf_counter()
     x = features.numpy().astype(np.float32)
     out = {}
     threads = faiss.omp_get_max_threads()
@@ -159,6 +160,7 @@ def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use
             out.update({(k if level == "fine" else f"{k}_{level}"): v for k, v in scores.items()})
     finally:
         faiss.omp_set_num_threads(threads)
+    clock["kmeans_time_s"] += time.perf_counter() - began
     return out
 
 
@@ -178,19 +180,23 @@ def _train_labels_by_level(source: TreeSource, levels: dict) -> dict | None:
     return {"fine": y, **{name: coarse_labels(y, table) for name, (table, _) in levels.items()}}
 
 
-def _summary(metrics: dict, levels: dict, tree_levels: int, untrained: bool) -> str:
-    rows = [("classes", "")] + [(name, f"_{name}") for name in levels]
-    lines = ["[clustering] " + f"{'':<16}" + "".join(f"{s:>8}" for s in SCORES)]
-    for name, suffix in rows:
-        for which, tail in (("pretrained", ""), ("untrained", "_untrained")):
-            if which == "untrained" and not untrained:
-                continue
+def _summary(metrics: dict, levels: dict, source: TreeSource | None, untrained: bool) -> str:
+    """The scores as a table (one row per class level and backbone), then the tree's purities."""
+    head = "[clustering] "
+    lines = [head + f"{'':<22}" + "".join(f"{s:>8}" for s in SCORES)]
+    for name, suffix in [("classes", "")] + [(n, f"_{n}") for n in levels]:
+        for which, tail in (("pretrained", ""), ("untrained", "_untrained"))[:2 if untrained else 1]:
             values = "".join(f"{metrics[s + suffix + tail]:8.4f}" for s in SCORES)
-            lines.append(f"[clustering] {name + ' ' + which:<16}{values}")
-    for i in range(1, tree_levels + 1):
-        parts = [f"{k.removeprefix(f'tree_purity_l{i}').lstrip('_') or 'classes'} {v:.4f}"
-                 for k, v in metrics.items() if k == f"tree_purity_l{i}" or k.startswith(f"tree_purity_l{i}_")]
-        lines.append(f"[clustering] tree level {i} purity (val): " + ", ".join(parts))
+            lines.append(head + f"{name + ' / ' + which:<22}{values}")
+    if source is not None:
+        lines.append(head + f"prototype tree: {source.describe()}")
+        for prefix, where in (("tree_purity", "val"), ("tree_train_purity", "train")):
+            for i in range(1, source.tree.num_levels + 1):
+                own = f"{prefix}_l{i}"
+                parts = [f"{k.removeprefix(own).lstrip('_') or 'classes'} {v:.4f}" for k, v in metrics.items()
+                         if k == own or k.startswith(own + "_")]
+                if parts:
+                    lines.append(head + f"tree level {i} purity ({where}): " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -214,9 +220,10 @@ def run_clustering(cfg) -> dict:
     names = _dataset_classes(val_set, cfg.data)
     levels = resolve_hierarchy(hierarchy_of(cfg.data), names, len(names))
     ks = {"fine": int(s["num_clusters"] or len(names)), **{n: len(coarse) for n, (_, coarse) in levels.items()}}
-    if max(ks.values()) > len(labels):
-        raise ConfigError(f"clustering.num_clusters={ks['fine']} is out of range: the val split has only "
-                          f"{len(labels)} images")
+    for level, k in ks.items():
+        if k > len(labels):
+            what = f"clustering.num_clusters={k}" if level == "fine" else f"data.hierarchy.{level} ({k} classes)"
+            raise ConfigError(f"{what} is out of range: the val split has only {len(labels)} images")
     source = _tree_source(cfg) if s["tree"] else None
     labels_by_level = {"fine": labels, **{n: coarse_labels(labels, table) for n, (table, _) in levels.items()}}
     use_gpu = info.device.type == "cuda"
@@ -224,32 +231,33 @@ def run_clustering(cfg) -> dict:
               "clustering_k": ", ".join(f"{n}={k}" for n, k in ks.items()),
               "prototype_tree": "none" if source is None else source.describe()}
     life = StageLifecycle(cfg, "clustering", info)
+    clock = {"features_time_s": 0.0, "kmeans_time_s": 0.0}
+
+    def features(module, label: str) -> torch.Tensor:
+        began = time.perf_counter()
+        module.to(info.device)
+        out, _ = extract_features(module, val_set, s["batch_size"], info.device,
+                                  desc=f"[clustering] {label}: val features")
+        clock["features_time_s"] += time.perf_counter() - began
+        return out
+
     with life.tracked(params) as tracker:
         t0 = time.perf_counter()
-        backbone.to(info.device)
-        feats, _ = extract_features(backbone, val_set, s["batch_size"], info.device,
-                                    desc="[clustering] pretrained: val features")
-        metrics = _score(feats, labels_by_level, ks, s, use_gpu)
+        metrics = _score(features(backbone, "pretrained"), labels_by_level, ks, s, use_gpu, clock)
         if cfg.get("untrained", True):
             backbone.load_state_dict(untrained)
-            feats, _ = extract_features(backbone, val_set, s["batch_size"], info.device,
-                                        desc="[clustering] untrained: val features")
-            base = _score(feats, labels_by_level, ks, s, use_gpu)
+            base = _score(features(backbone, "untrained"), labels_by_level, ks, s, use_gpu, clock)
             metrics.update({f"{k}_untrained": v for k, v in base.items()})
-        del feats
-        tree_levels = 0
         if source is not None:
-            tree_levels = source.tree.num_levels
-            source.method.to(info.device)
-            tree_feats, _ = extract_features(_ClusteringFeatures(source.method), val_set, s["batch_size"],
-                                             info.device, desc="[clustering] prototype tree: val features")
+            tree_feats = features(_ClusteringFeatures(source.method), "prototype tree")
             metrics.update(tree_purity(assign_to_tree(tree_feats, source.tree), labels_by_level))
             train_labels = _train_labels_by_level(source, levels) if s["tree_train_purity"] else None
             if train_labels is not None:
                 own = tree_purity(source.tree.labels, train_labels)
                 metrics.update({k.replace("tree_purity", "tree_train_purity"): v for k, v in own.items()})
+        metrics.update(clock)
         metrics["clustering_time_s"] = time.perf_counter() - t0
         tracker.metrics(metrics)
         (life.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(_summary(metrics, levels, tree_levels, cfg.get("untrained", True)), flush=True)
+        print(_summary(metrics, levels, source, cfg.get("untrained", True)), flush=True)
     return metrics

@@ -30,7 +30,7 @@ from ._tiny import METHOD_CFGS, RESNET
 REPO = Path(__file__).resolve().parents[2]
 COARSE = np.array([0, 2, 0, 3, 0, 1, 0, 1, 4, 1])  # Fashion-MNIST: tops, footwear, trouser, dress, bag
 VAL, TRAIN, TREE_K = 300, 200, [12, 6, 3]
-pytestmark = pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails
+NEEDS_DATA = pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails
 
 
 def _pretraining(out: Path, with_tree: bool = True) -> tuple:
@@ -90,6 +90,7 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
+@NEEDS_DATA
 def test_clustering_of_a_hirl_pretraining_scores_backbones_and_tree(store):
     method, tree, train_y = _pretraining(store / "pre")
     cfg = _config(store)
@@ -133,10 +134,11 @@ def test_clustering_of_a_hirl_pretraining_scores_backbones_and_tree(store):
     assert run.data.params["backbone_prefix"] == "model.backbone."
 
 
+@NEEDS_DATA
 def test_a_baseline_pretraining_has_no_tree_metrics_and_num_clusters_is_honoured(store):
     _pretraining(store / "pre", with_tree=False)
     metrics = run_clustering(_config(store, "untrained=false", "clustering.num_clusters=4", hierarchy={}))
-    assert set(metrics) == {"nmi", "ami", "ari", "acc", "clustering_time_s"}
+    assert set(metrics) == {"nmi", "ami", "ari", "acc", "clustering_time_s", "features_time_s", "kmeans_time_s"}
     run, = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.params["clustering_k"] == "fine=4" and run.data.params["prototype_tree"] == "none"
 
@@ -146,12 +148,20 @@ def test_a_baseline_pretraining_has_no_tree_metrics_and_num_clusters_is_honoured
     ("untrained=true", {"coarse": {"tops": ["T-shirt/top"]}}, "are under no coarse class"),
     ("untrained=true", {"coarse": {"tops": ["Tshirt"]}}, "unknown fine class 'Tshirt'"),
 ])
+@NEEDS_DATA
 def test_bad_input_is_refused_before_a_run_is_tracked(store, override, hierarchy, message):
     _pretraining(store / "pre", with_tree=False)
     with pytest.raises(ConfigError, match=message):
         run_clustering(_config(store, override, hierarchy=hierarchy))
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
     assert not (store / "out").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/downstream/clustering").glob("*.yaml")))
+def test_every_shipped_clustering_config_passes_the_schema(path):
+    cfg = load_config(path)
+    check_stage_config(cfg, "clustering")
+    assert cfg.runner == "clustering" and cfg.clustering.niter == 20 and cfg.clustering.nredo == 5
 
 
 @pytest.mark.parametrize("override,message", [
