@@ -26,6 +26,7 @@ Beyond the seed:
       seed: 0
       max_points_per_centroid: 1000
       batch_size: 256           # feature extraction batch
+      num_workers: 0            # data-loading processes (ImageNet's JPEG decoding needs them; in-memory data not)
       tree: true                # score a HIRL pre-training's prototype tree when there is one
       tree_train_purity: true   # also the tree's training-set assignments (reads the training labels)
       faiss_threads: null       # CPU k-means threads (null: faiss's default, all cores); see clustering_demo.yaml
@@ -93,12 +94,13 @@ def _tree_source(cfg) -> TreeSource | None:
         print(f"[clustering] no {CHECKPOINT} beside {cfg.pretrained}: no prototype tree to score", flush=True)
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # ViT-B + optimiser: GBs
     except Exception as exc:  # a torn or foreign file: one line, before anything is tracked
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
-    if not isinstance(state, dict) or not state.get("hirl_tree"):
-        return None  # a baseline pre-training, or HIRL stopped before its first clustering epoch
+    if not isinstance(state, dict) or not state.get("hirl_tree"):  # a baseline, or HIRL before its warm-up ended
+        print(f"[clustering] {path} holds no prototype tree: no tree purity", flush=True)
+        return None
     from ..hirl.wrapper import HIRL
     from ..methods import build_method
 
@@ -138,8 +140,9 @@ def _settings(cfg) -> dict:
     c = cfg.get("clustering") or {}
     return {"num_clusters": c.get("num_clusters"), "niter": int(c.get("niter", 20)), "nredo": int(c.get("nredo", 5)),
             "seed": int(c.get("seed", 0)), "max_points_per_centroid": int(c.get("max_points_per_centroid", 1000)),
-            "batch_size": int(c.get("batch_size", 256)), "tree": bool(c.get("tree", True)),
-            "tree_train_purity": bool(c.get("tree_train_purity", True)), "faiss_threads": c.get("faiss_threads")}
+            "batch_size": int(c.get("batch_size", 256)), "num_workers": int(c.get("num_workers", 0)),
+            "tree": bool(c.get("tree", True)), "tree_train_purity": bool(c.get("tree_train_purity", True)),
+            "faiss_threads": c.get("faiss_threads")}
 
 
 def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use_gpu: bool, clock: dict) -> dict:
@@ -236,7 +239,7 @@ def run_clustering(cfg) -> dict:
     def features(module, label: str) -> torch.Tensor:
         began = time.perf_counter()
         module.to(info.device)
-        out, _ = extract_features(module, val_set, s["batch_size"], info.device,
+        out, _ = extract_features(module, val_set, s["batch_size"], info.device, num_workers=s["num_workers"],
                                   desc=f"[clustering] {label}: val features")
         clock["features_time_s"] += time.perf_counter() - began
         return out
