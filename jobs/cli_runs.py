@@ -189,6 +189,9 @@ def _selected(args):
     cells = sweep.select(args.cell)
     _check_stage(args.stage, cells)
     uri = lineage.tracking_uri()
+    # retry and cancel read the runs first: a dead server answers in seconds, in one line naming the URI,
+    # before anything is queued or stopped (as submit's probe), not after MLflow's minutes of retries
+    lineage.check_tracking(uri)
     return sweep, cells, uri, lineage.sweep_status(sweep.name, cells, uri)
 
 

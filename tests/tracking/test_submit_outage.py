@@ -27,3 +27,21 @@ def test_submit_to_a_tracking_uri_where_nothing_listens_fails_fast_in_one_line(t
     assert len(lines) == 1 and uri in lines[0] and "Traceback" not in res.stderr, res.stderr
     assert took < 10, f"took {took:.1f} s"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created
+
+
+def test_retry_to_a_tracking_uri_where_nothing_listens_fails_fast_in_one_line(tmp_path):
+    """``hirl retry`` reads the runs first: the same probe as submit, before anything is queued."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    env.pop("MLFLOW_RUN_ID", None)
+    began = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "jobs", "retry", "demo", "--backend", "local"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - began
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and uri in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert took < 10, f"took {took:.1f} s"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing queued or created
