@@ -259,7 +259,8 @@ CLUSTERING = {
     "pretrained": Text(null="set by the orchestrator"), "backbone_prefix": Text(), "untrained": Bool(),
     "clustering.num_clusters": Int(1, null="the number of classes"), "clustering.niter": COUNT,
     "clustering.nredo": COUNT, "clustering.seed": INDEX, "clustering.max_points_per_centroid": COUNT,
-    "clustering.batch_size": COUNT, "clustering.tree": Bool(), "clustering.tree_train_purity": Bool(),
+    "clustering.batch_size": COUNT, "clustering.num_workers": INDEX, "clustering.tree": Bool(),
+    "clustering.tree_train_purity": Bool(),
     "clustering.faiss_threads": Int(1, null="faiss's default"),
 }
 
