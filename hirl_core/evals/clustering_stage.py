@@ -183,6 +183,13 @@ def _train_labels_by_level(source: TreeSource, levels: dict) -> dict | None:
     return {"fine": y, **{name: coarse_labels(y, table) for name, (table, _) in levels.items()}}
 
 
+def _describe_levels(levels: dict, limit: int = 500) -> str:
+    """'coarse: tops (4), footwear (3), ...' per level, cut at `limit` characters (an MLflow param)."""
+    text = "; ".join(f"{name}: " + ", ".join(f"{c} ({table.count(i)})" for i, c in enumerate(coarse))
+                     for name, (table, coarse) in levels.items())
+    return (text[:limit - 3] + "...") if len(text) > limit else (text or "none")
+
+
 def _summary(metrics: dict, levels: dict, source: TreeSource | None, untrained: bool) -> str:
     """The scores as a table (one row per class level and backbone), then the tree's purities."""
     head = "[clustering] "
@@ -232,6 +239,7 @@ def run_clustering(cfg) -> dict:
     use_gpu = info.device.type == "cuda"
     params = {"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch,
               "clustering_k": ", ".join(f"{n}={k}" for n, k in ks.items()),
+              "class_hierarchy": _describe_levels(levels),
               "prototype_tree": "none" if source is None else source.describe()}
     life = StageLifecycle(cfg, "clustering", info)
     clock = {"features_time_s": 0.0, "kmeans_time_s": 0.0}

@@ -130,6 +130,7 @@ def test_clustering_of_a_hirl_pretraining_scores_backbones_and_tree(store):
     assert run.info.status == "FINISHED"
     assert run.data.metrics == pytest.approx(metrics)
     assert run.data.params["clustering_k"] == "fine=10, coarse=5"
+    assert run.data.params["class_hierarchy"] == "coarse: tops (4), footwear (3), trouser (1), dress (1), bag (1)"
     assert run.data.params["prototype_tree"].startswith("12/6/3 prototypes, clustered at epoch 1")
     assert run.data.params["backbone_prefix"] == "model.backbone."
 
@@ -141,6 +142,7 @@ def test_a_baseline_pretraining_has_no_tree_metrics_and_num_clusters_is_honoured
     assert set(metrics) == {"nmi", "ami", "ari", "acc", "clustering_time_s", "features_time_s", "kmeans_time_s"}
     run, = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.params["clustering_k"] == "fine=4" and run.data.params["prototype_tree"] == "none"
+    assert run.data.params["class_hierarchy"] == "none"
 
 
 @pytest.mark.parametrize("override,hierarchy,message", [
