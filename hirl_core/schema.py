@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from .config import MISSING, ConfigError, closest, get_dotted
-from .data.paths import DATASETS
+from .data.paths import DATASETS, MADE_IF_MISSING
 
 METHODS = ("mocov2", "simsiam", "swav", "mocov3", "dino", "ibot")
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "vit_tiny", "vit_small", "vit_base")
@@ -196,6 +196,11 @@ COMMON = {
     "data.dataset": Choice(DATASETS), "data.root": Text(null="the dataset's default"),
     "data.train_subset": Int(1, null="all"), "data.val_subset": Int(1, null="all"), "data.subset_seed": INDEX,
     "data.image_size": COUNT, "data.channels": Choice((1, 3)), "data.train_dir": Text(), "data.val_dir": Text(),
+    "data.train_list": Text(null="the whole train split"),
+    # csv / places205 (hirl_core/data/csv_dataset.py)
+    "data.train_csv": Text(), "data.val_csv": Text(), "data.image_root": Text(null="the CSV's folder"),
+    "data.in_memory": Bool(), "data.mean": Seq(Num(0, 1), null="ImageNet's"),
+    "data.std": Seq(POSITIVE, null="ImageNet's"), "data.make_if_missing": Choice(MADE_IF_MISSING, null="never"),
     "backbone.arch": Choice(ARCHS), "backbone.width": COUNT, "backbone.small_stem": Bool(),
     "backbone.stem_stride": COUNT, "backbone.in_chans": COUNT, "backbone.zero_init_residual": Bool(),
     "backbone.image_size": COUNT, "backbone.patch_size": COUNT, "backbone.depth": Int(1, null="the arch's"),
@@ -257,15 +262,59 @@ KNN = {
 CLUSTERING = {
     **COMMON,
     "pretrained": Text(null="set by the orchestrator"), "backbone_prefix": Text(), "untrained": Bool(),
-    "clustering.num_clusters": Int(1, null="the number of classes"), "clustering.niter": COUNT,
+    "clustering.num_clusters": Either(Int(1), Seq(COUNT), null="the number of classes"),
+    "clustering.niter": COUNT,
     "clustering.nredo": COUNT, "clustering.seed": INDEX, "clustering.max_points_per_centroid": COUNT,
     "clustering.batch_size": COUNT, "clustering.num_workers": INDEX, "clustering.tree": Bool(),
     "clustering.tree_train_purity": Bool(),
     "clustering.faiss_threads": Int(1, null="faiss's default"),
 }
 
+# The supervised evaluations (hirl_core/evals/supervised*.py): linear and finetune as they are; the
+# semi-supervised and transfer stages add their own keys to SUPERVISED.
+SUPERVISED_MODES = ("linear", "finetune")
+SCHEDULES = ("cosine", "step")
+HEAD_INITS = ("normal", "trunc_normal")
+ERASE_MODES = ("const", "rand", "pixel")
+SUPERVISED_SECTIONS = {"backbone": True, "data": False, "optimizer": False, "schedule": False, "augment": False,
+                       "head": False, "mixup": True, "model_ema": True, "tracking": False}
+SUPERVISED = {
+    **COMMON,
+    "pretrained": Text(null="set by the orchestrator"), "backbone_prefix": Text(), "untrained": Bool(),
+    "epochs": COUNT, "batch_size": COUNT, "eval_batch_size": COUNT, "num_workers": INDEX,
+    "precision": Choice(PRECISIONS), "drop_path_rate": Num(0, 1, hi_open=True, null="the backbone's"),
+    "label_smoothing": Num(0, 1, hi_open=True),
+    "head.init": Choice(HEAD_INITS), "head.std": POSITIVE,
+    "optimizer.name": Choice(OPTIMIZERS, fold_case=True), "optimizer.lr": POSITIVE,
+    "optimizer.lr_last_layer": Num(0, lo_open=True, null="optimizer.lr"),
+    "optimizer.layer_decay": Num(0, 1, lo_open=True, null="none"), "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.momentum": FRACTION, "optimizer.betas": Seq(Num(0, 1, hi_open=True), length=2),
+    "optimizer.trust_coefficient": POSITIVE, "optimizer.exclude_1d": Bool(null="the optimiser's default"),
+    "optimizer.scale_lr": Bool(),
+    "schedule.name": Choice(SCHEDULES), "schedule.milestones": Seq(INDEX, null="no steps"),
+    "schedule.gamma": Num(0, 1, lo_open=True), "schedule.warmup_epochs": NON_NEGATIVE,
+    "schedule.warmup_start_lr": Num(0, null="from ~0"), "schedule.min_lr": NON_NEGATIVE,
+    "augment.random_resized_crop": Bool(), "augment.crop_scale": SCALE, "augment.flip": FRACTION,
+    "augment.rand_augment": Text(null="off"), "augment.color_jitter": NON_NEGATIVE,
+    "augment.interpolation": Choice(INTERPOLATIONS), "augment.reprob": FRACTION,
+    "augment.remode": Choice(ERASE_MODES), "augment.recount": COUNT,
+    "mixup.mixup_alpha": NON_NEGATIVE, "mixup.cutmix_alpha": NON_NEGATIVE, "mixup.prob": FRACTION,
+    "mixup.switch_prob": FRACTION, "mixup.mode": Choice(("batch", "pair", "elem")),
+    "model_ema.decay": Num(0, 1, hi_open=True, null="no EMA"),
+}
+
+# semisup (hirl_core/evals/semisup.py): exactly one of list, fraction, per_class (the stage checks that)
+SEMISUP_SECTIONS = {**SUPERVISED_SECTIONS, "semisup": False}
+SEMISUP = {
+    **SUPERVISED,
+    "semisup.list": Text(null="a drawn subset"), "semisup.fraction": Num(0, 1, lo_open=True, null="not a fraction"),
+    "semisup.per_class": Int(1, null="not a count"), "semisup.seed": INDEX,
+}
+
 SCHEMAS = {"pretrain": (PRETRAIN_SECTIONS, PRETRAIN), "knn": (KNN_SECTIONS, KNN),
-           "clustering": (CLUSTERING_SECTIONS, CLUSTERING)}
+           "clustering": (CLUSTERING_SECTIONS, CLUSTERING),
+           "linear": (SUPERVISED_SECTIONS, SUPERVISED), "finetune": (SUPERVISED_SECTIONS, SUPERVISED),
+           "semisup": (SEMISUP_SECTIONS, SEMISUP), "transfer": (SUPERVISED_SECTIONS, SUPERVISED)}
 
 
 def check_value(key, value, rule):

@@ -30,8 +30,7 @@ from ..config import ConfigError
 from ..data.build import build_eval_dataset
 from ..data.datasets import ImageFolderWithIndex, InMemoryEval
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchViewAugment
-
-RE_MODES = ("const", "rand", "pixel")
+from ..schema import ERASE_MODES as RE_MODES
 
 
 def _rand_augment_v2(policy: str):
@@ -103,6 +102,6 @@ def build_train_dataset(data, aug, split: str = "train"):
 
 
 def num_classes_of(dataset) -> int:
-    if isinstance(dataset, ImageFolderWithIndex):
-        return len(dataset.folder.classes)
-    return int(torch.as_tensor(dataset.targets).max()) + 1
+    """The class count a dataset declares (its class list), else the largest label + 1."""
+    classes = getattr(dataset, "classes", None) or getattr(getattr(dataset, "folder", None), "classes", None)
+    return len(classes) if classes else int(torch.as_tensor(dataset.targets).max()) + 1

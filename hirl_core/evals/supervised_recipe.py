@@ -27,8 +27,7 @@ LR and ``apply_lr`` sets ``group.lr = lr * group.lr_scale``. The seed's setter w
 into every group, so its ``lr_last_layer`` never took effect (hirl-method.md §6.3); here the head's
 group has ``lr_scale = lr_last_layer / lr`` and follows the same warm-up and decay at its own level.
 
-Layer-wise LR decay (BEiT's convention, as timm's ``param_groups_layer_decay`` implements it for the
-project's ViT, a timm VisionTransformer): layer ids are 0 for the patch embedding / CLS token /
+Layer-wise LR decay (BEiT's convention, the seed's): layer ids are 0 for the patch embedding / CLS token /
 position embedding, i + 1 for block i, depth + 1 for the final norm and the head; layer id l gets
 ``decay ** (depth + 1 - l)``, so block i gets ``decay ** (depth - i)`` and the head 1.
 """
@@ -40,11 +39,8 @@ from torch import nn
 from ..config import ConfigError
 from ..engine.lars import LARS
 from ..engine.optim import cosine_lr, scaled_lr
-from ..schema import OPTIMIZERS
-
-MODES = ("linear", "finetune")
-SCHEDULES = ("cosine", "step")
-HEAD_INITS = ("normal", "trunc_normal")
+from ..schema import HEAD_INITS, OPTIMIZERS, SCHEDULES
+from ..schema import SUPERVISED_MODES as MODES
 
 
 class Classifier(nn.Module):
@@ -102,14 +98,34 @@ def _plain_groups(module: nn.Module, weight_decay: float, exclude_1d: bool, lr_s
             for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
 
 
-def layer_decay_groups(trunk: nn.Module, weight_decay: float, exclude_1d: bool, decay: float) -> list[dict]:
-    """timm's layer-decay groups of a ViT trunk (see the module doc for the convention)."""
-    if not hasattr(trunk, "blocks") or not hasattr(trunk, "group_matcher"):
-        raise ConfigError(f"optimizer.layer_decay={decay} needs a ViT backbone (layer-wise decay is per block)")
-    from timm.optim import param_groups_layer_decay
+def vit_layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings (patch projection, CLS token, position embedding), i + 1 for block i,
+    depth + 1 for the rest (the final norm)."""
+    if name.startswith(("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre", "mask_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
-    return param_groups_layer_decay(trunk, weight_decay=weight_decay, no_weight_decay_list=trunk.no_weight_decay(),
-                                    weight_decay_exclude_1d=exclude_1d, layer_decay=decay)
+
+def layer_decay_groups(trunk: nn.Module, weight_decay: float, exclude_1d: bool, decay: float) -> list[dict]:
+    """A ViT trunk's groups with BEiT's layer-wise scales (see the module doc). Our own: timm's
+    ``param_groups_layer_decay`` puts the final norm in the last block's layer, so its blocks get one
+    power of ``decay`` less than the seed's convention."""
+    if not hasattr(trunk, "blocks"):
+        raise ConfigError(f"optimizer.layer_decay={decay} needs a ViT backbone (layer-wise decay is per block)")
+    depth = len(trunk.blocks)
+    no_decay_names = set(getattr(trunk, "no_weight_decay", lambda: ())())  # CLS token, position embedding
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in trunk.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = vit_layer_id(name, depth)
+        skip = (exclude_1d and p.ndim <= 1) or name in no_decay_names
+        group = groups.setdefault((layer, skip), {"params": [], "weight_decay": 0.0 if skip else weight_decay,
+                                                  "lr_scale": decay ** (depth + 1 - layer)})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
 
 
 def param_groups(model: Classifier, opt_cfg) -> list[dict]:

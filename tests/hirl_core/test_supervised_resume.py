@@ -1,0 +1,107 @@
+"""A fine-tuning stage killed in each of its two phases resumes into the same MLflow run and ends with
+the numbers of an uninterrupted run (real processes, a real sqlite store, real Fashion-MNIST)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from hirl_core.config import Config, dump_config
+from hirl_core.engine import checkpoint as ckpt
+from hirl_core.engine.lifecycle import seed_all
+from hirl_core.models import build_backbone
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS = 3
+BACKBONE = {"arch": "resnet18", "width": 8, "small_stem": True, "stem_stride": 2, "in_chans": 1}
+# mixup/cutmix, smoothing, crops and erasing: every RNG a resume must replay
+OVERRIDES = [f"epochs={EPOCHS}", "batch_size=32", "data.train_subset=768", "data.val_subset=256",
+             "mixup.mixup_alpha=0.8", "mixup.cutmix_alpha=1.0", "augment.reprob=0.25", "untrained=true"]
+
+
+def _pretrained(folder: Path) -> Path:
+    """A 'pre-trained' backbone (the seed's init, perturbed) and the config.yaml the stage reads it from."""
+    folder.mkdir(parents=True)
+    seed_all(0)
+    backbone = build_backbone(Config(BACKBONE))
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.save({"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, folder / ckpt.BACKBONE)
+    dump_config(Config({"seed": 0, "backbone": BACKBONE}), folder / "config.yaml")
+    return folder / ckpt.BACKBONE
+
+
+def _start(out: Path, pretrained: Path, uri: str, run_id: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "hirl_core", "finetune", "-c", str(REPO / "configs/downstream/finetune/finetune_demo.yaml"),
+           f"pretrained={pretrained}", f"output_dir={out}", *OVERRIDES]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_after_epoch(proc: subprocess.Popen, out: Path, epoch: int) -> str:
+    """SIGTERM as soon as the checkpoint of (1-based, across phases) ``epoch`` is on disk."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = out / ckpt.CHECKPOINT
+        if path.exists():
+            try:
+                if torch.load(path, weights_only=False)["epoch"] >= epoch:
+                    break
+            except Exception:  # replaced while being read: look again
+                pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, log
+    return log
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails (tests/needs_data.py)
+def test_a_finetune_killed_in_each_phase_resumes_to_the_uninterrupted_numbers(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.create_experiment("supervised-resume")
+    killed, whole = (client.create_run(experiment).info.run_id for _ in range(2))
+    pretrained = _pretrained(tmp_path / "pre")
+
+    out = tmp_path / "killed"
+    _kill_after_epoch(_start(out, pretrained, uri, killed), out, 1)  # in the pre-trained phase
+    assert client.get_run(killed).info.status == "KILLED"
+    log = _kill_after_epoch(_start(out, pretrained, uri, killed), out, EPOCHS + 1)  # in the untrained phase
+    assert "resuming from" in log, log
+    assert client.get_run(killed).info.status == "KILLED"
+    last = _start(out, pretrained, uri, killed)
+    log, _ = last.communicate(timeout=300)
+    assert last.returncode == 0, log
+    assert "resuming from" in log and "pretrained epoch 1/" not in log, log  # the finished phase is not rerun
+
+    ref = _start(tmp_path / "whole", pretrained, uri, whole)
+    log, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, log
+
+    got, want = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("killed", "whole"))
+    got.pop("finetune_time_s"), want.pop("finetune_time_s")
+    assert got.keys() == want.keys() and "finetune_top1_untrained" in got
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    for run in (killed, whole):
+        assert client.get_run(run).info.status == "FINISHED"
+    for key in ("val_top1", "train_loss", "val_top1_untrained", "lr_untrained"):
+        resumed, reference = _history(client, killed, key), _history(client, whole, key)
+        assert [s for s, _ in resumed] == list(range(EPOCHS)), (key, resumed)  # each epoch once, from step 0
+        assert [v for _, v in resumed] == pytest.approx([v for _, v in reference], abs=1e-6), key
+    assert client.get_run(killed).data.metrics["finetune_top1"] == pytest.approx(want["finetune_top1"], abs=1e-6)
