@@ -59,12 +59,15 @@ def _stage_config(cell, stage):
 
 
 def semisup_percent(config):
-    """The labelled fraction of a semi-supervised stage in percent, as text ("1", "10", "0.5"), or ""."""
+    """The labelled fraction of a semi-supervised stage in percent, as text ("1", "10", "0.5"), or "":
+    a fixed list's (imagenet_1percent), which the stage reads before any fraction, else ``semisup.fraction``."""
+    found = _PERCENT_IN_NAME.search(str(get_dotted(config, "semisup.list", "") or ""))
+    if found:
+        return f"{float(found.group(1)):g}"
     fraction = get_dotted(config, "semisup.fraction", NOT_SET)
     if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and fraction > 0:
         return f"{round(100 * fraction, 6):g}"
-    found = _PERCENT_IN_NAME.search(str(get_dotted(config, "semisup.list", "") or ""))
-    return f"{float(found.group(1)):g}" if found else ""
+    return ""
 
 
 def column_of(cell, stage):
