@@ -20,7 +20,8 @@ Beyond the seed:
   training labels too (``tree_train_purity_l<i>[_<level>]``).
 
     clustering:
-      num_clusters: null        # null: the number of classes (the seed's K = 1000 on ImageNet)
+      num_clusters: null        # null: the number of classes (the seed's K = 1000 on ImageNet); a list
+                                # [K1, K2, ...] runs the hierarchical k-means and scores its last level
       niter: 20
       nredo: 5
       seed: 0
@@ -48,7 +49,7 @@ from ..engine.checkpoint import CHECKPOINT
 from ..engine.distributed import init_distributed
 from ..engine.lifecycle import StageLifecycle, seed_all
 from ..hirl.epoch import tree_from_state
-from ..hirl.kmeans import kmeans
+from ..hirl.kmeans import hierarchical_kmeans, kmeans
 from ..models import build_backbone
 from ..models.loading import CheckpointError, load_backbone
 from .cluster_metrics import clustering_scores, coarse_labels, tree_purity
@@ -145,6 +146,27 @@ def _settings(cfg) -> dict:
             "faiss_threads": c.get("faiss_threads")}
 
 
+def _cluster(x: np.ndarray, chain: tuple, s: dict, use_gpu: bool) -> np.ndarray:
+    """Each row's cluster: k-means with K = chain[0]; a longer chain runs the hierarchical k-means
+    (each level clusters the one before's centroids, seeds = seed, seed + 1, ...) and takes its last level,
+    as the seed's `--num_classes "a,b,c"`."""
+    if len(chain) == 1:
+        return kmeans(x, chain[0], niter=s["niter"], nredo=s["nredo"], seed=s["seed"],
+                      max_points_per_centroid=s["max_points_per_centroid"], use_gpu=use_gpu)[1]
+    tree = hierarchical_kmeans(x, chain, niter=s["niter"], nredo=s["nredo"], seed_offset=s["seed"],
+                               max_points_per_centroid=s["max_points_per_centroid"], use_gpu=use_gpu)
+    return tree.labels[-1]
+
+
+def _chain(num_clusters, num_classes: int) -> tuple:
+    """clustering.num_clusters as a fine → coarse chain of K: null = (classes,), 1000 = (1000,)."""
+    chain = tuple(num_clusters) if isinstance(num_clusters, (list, tuple)) else (num_clusters or num_classes,)
+    if any(a < b for a, b in zip(chain, chain[1:])):
+        raise ConfigError(f"clustering.num_clusters={list(chain)} is not allowed: a hierarchical chain is "
+                          "listed fine → coarse (non-increasing)")
+    return tuple(int(k) for k in chain)
+
+
 def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use_gpu: bool, clock: dict) -> dict:
     """k-means per class level (K = ks[level]) scored against that level's labels; its time into `clock`."""
     import faiss
@@ -157,9 +179,7 @@ def _score(features: torch.Tensor, labels_by_level: dict, ks: dict, s: dict, use
         faiss.omp_set_num_threads(int(s["faiss_threads"]))
     try:
         for level, y in labels_by_level.items():
-            _, assign = kmeans(x, ks[level], niter=s["niter"], nredo=s["nredo"], seed=s["seed"],
-                               max_points_per_centroid=s["max_points_per_centroid"], use_gpu=use_gpu)
-            scores = clustering_scores(y, assign)
+            scores = clustering_scores(y, _cluster(x, ks[level], s, use_gpu))
             out.update({(k if level == "fine" else f"{k}_{level}"): v for k, v in scores.items()})
     finally:
         faiss.omp_set_num_threads(threads)
@@ -229,16 +249,17 @@ def run_clustering(cfg) -> dict:
     labels = val_set.targets.numpy()
     names = _dataset_classes(val_set, cfg.data)
     levels = resolve_hierarchy(hierarchy_of(cfg.data), names, len(names))
-    ks = {"fine": int(s["num_clusters"] or len(names)), **{n: len(coarse) for n, (_, coarse) in levels.items()}}
-    for level, k in ks.items():
-        if k > len(labels):
-            what = f"clustering.num_clusters={k}" if level == "fine" else f"data.hierarchy.{level} ({k} classes)"
+    ks = {"fine": _chain(s["num_clusters"], len(names)), **{n: (len(coarse),) for n, (_, coarse) in levels.items()}}
+    for level, chain in ks.items():
+        if chain[0] > len(labels):
+            what = (f"clustering.num_clusters={s['num_clusters']}" if level == "fine"
+                    else f"data.hierarchy.{level} ({chain[0]} classes)")
             raise ConfigError(f"{what} is out of range: the val split has only {len(labels)} images")
     source = _tree_source(cfg) if s["tree"] else None
     labels_by_level = {"fine": labels, **{n: coarse_labels(labels, table) for n, (table, _) in levels.items()}}
     use_gpu = info.device.type == "cuda"
     params = {"pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch,
-              "clustering_k": ", ".join(f"{n}={k}" for n, k in ks.items()),
+              "clustering_k": ", ".join(f"{n}={'>'.join(map(str, k))}" for n, k in ks.items()),
               "class_hierarchy": _describe_levels(levels),
               "prototype_tree": "none" if source is None else source.describe()}
     life = StageLifecycle(cfg, "clustering", info)

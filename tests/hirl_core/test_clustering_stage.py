@@ -145,8 +145,24 @@ def test_a_baseline_pretraining_has_no_tree_metrics_and_num_clusters_is_honoured
     assert run.data.params["class_hierarchy"] == "none"
 
 
+@NEEDS_DATA
+def test_a_list_of_cluster_counts_scores_the_last_level_of_a_hierarchical_kmeans(store):
+    method, _, _ = _pretraining(store / "pre", with_tree=False)
+    metrics = run_clustering(_config(store, "untrained=false", "clustering.num_clusters=[40, 10]", hierarchy={}))
+    val_set = build_eval_dataset(_config(store).data, "val")
+    backbone = build_backbone(Config(RESNET))
+    backbone.load_state_dict(method.backbone.state_dict())
+    feats = extract_features(backbone, val_set, 64, torch.device("cpu"))[0].numpy()
+    top = hierarchical_kmeans(feats, [40, 10], use_gpu=False).labels[-1]
+    assert metrics["nmi"] == pytest.approx(normalized_mutual_info_score(val_set.targets.numpy(), top))
+    assert metrics["nmi"] != pytest.approx(_kmeans_nmi(torch.from_numpy(feats), val_set.targets.numpy(), 10)[0])
+    run, = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.data.params["clustering_k"] == "fine=40>10"
+
+
 @pytest.mark.parametrize("override,hierarchy,message", [
     ("clustering.num_clusters=301", None, r"clustering.num_clusters=301 is out of range: the val split has only 300"),
+    ("clustering.num_clusters=[5, 10]", None, r"clustering.num_clusters=\[5, 10\] is not allowed: .* fine → coarse"),
     ("untrained=true", {"coarse": {"tops": ["T-shirt/top"]}}, "are under no coarse class"),
     ("untrained=true", {"coarse": {"tops": ["Tshirt"]}}, "unknown fine class 'Tshirt'"),
 ])
@@ -169,6 +185,7 @@ def test_every_shipped_clustering_config_passes_the_schema(path):
 @pytest.mark.parametrize("override,message", [
     ("clustering.num_clusters=0", r"clustering.num_clusters=0 is out of range: must be null \(the number of classes\)"),
     ("clustering.niter=1.5", "clustering.niter=1.5 has the wrong type"),
+    ("clustering.num_clusters=[10, 0]", r"clustering.num_clusters=\[10, 0\] is out of range"),
     ("data.hierarchy=[tops]", "data.hierarchy=\\['tops'\\] has the wrong type: must be a mapping"),
 ])
 def test_schema_refuses_bad_clustering_keys(override, message):
