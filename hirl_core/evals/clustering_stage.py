@@ -15,7 +15,9 @@ Beyond the seed:
   config and weights) to embed the val images; each image takes its nearest leaf prototype and the leaf's
   ancestors through the parent maps (the tree's own rule for its training images) and every tree level's
   purity is scored against every class level (``tree_purity_l<i>[_<level>]``, rule in cluster_metrics).
-  The tree is the last clustered epoch's, the weights those at the end of that epoch. With
+  The tree is the last clustered epoch's and the weights those at the end of that epoch, so the val
+  purity scores the prototypes as the final model sees them, one epoch of training after they were
+  clustered (a model trained for a few steps only has moved far from them). With
   ``clustering.tree_train_purity`` the tree's own training-set assignments are scored against the
   training labels too (``tree_train_purity_l<i>[_<level>]``).
 
