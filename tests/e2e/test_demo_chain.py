@@ -65,7 +65,10 @@ def test_chain_runs_end_to_end_and_is_tracked(tmp_path):
     root = _root(tmp_path, epochs=4)
     res = _hirl(root, "submit", "tiny")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "KNN top-1 (k=20): pre-trained" in res.stdout and "make ui" in res.stdout.splitlines()[-1]
+    # last: the chain's row of the results table, the trained KNN beside the untrained one
+    lines = res.stdout.rstrip().splitlines()
+    assert "make ui" in lines[-5] and lines[-3] == "| Method | Arch. | Epochs | Batch Size | KNN |", lines[-5:]
+    assert lines[-1].startswith("| tiny | ResNet-18 (width 16) | 4 | 64 | ") and " (untrained " in lines[-1]
 
     client, runs = _runs(root)
     chains = [r for r in runs if r.data.tags.get("hirl.kind") == "chain"]
