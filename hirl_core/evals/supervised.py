@@ -87,7 +87,8 @@ def run_supervised(cfg, stage: str, train_set, val_set, num_classes: int, *, mod
     total_batch = cfg.batch_size * info.world_size
     logged = {"mode": mode, "pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch,
               "epochs": epochs, "batch_size_total": total_batch, "lr": scaled_lr(cfg.optimizer, total_batch),
-              "num_classes": num_classes, "world_size": info.world_size, **(params or {})}
+              "num_classes": num_classes, "world_size": info.world_size,
+              "precision": _precision(cfg, info.device), **(params or {})}
     began = time.perf_counter()
     with life.tracked(logged) as tracker:
         for index, phase in enumerate(phases):
