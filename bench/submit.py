@@ -23,7 +23,8 @@ CODE = ("import sys, time; t0 = time.perf_counter(); from jobs import lineage, l
         "from jobs.matrix import load_sweep; s = load_sweep(sys.argv[2], root=sys.argv[1]); "
         "u = lineage.tracking_uri(); lineage.check_tracking(u); "
         "r = lineage.SweepRef(s.sweep_id, lineage.ensure_sweep_run(s, 'local', u)); "
-        "lineage_bulk.ensure_chains(s.cells, 'local', uri=u, sweep=r); print(time.perf_counter() - t0)")
+        "lineage_bulk.ensure_chains(s.cells, 'local', uri=u, sweep=r); print(time.perf_counter() - t0); "
+        "import gc; gc.freeze()")  # as hirl's main does before the process exits
 
 
 def bench_100_root(tmp: Path, name: str = "bench_100") -> None:
