@@ -187,3 +187,21 @@ def test_the_demo_is_made_once_on_first_use_and_a_stranger_folder_is_refused(tmp
     (stranger / "notes.txt").write_text("mine")
     done = subprocess.run(cmd[:-1] + [str(stranger)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "holds no finished transfer demo" in done.stderr
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.make_if_missing", "cifar", "data.make_if_missing='cifar' is not allowed"),
+    ("data.in_memory", "yes", "data.in_memory='yes' has the wrong type"),
+    ("data.mean", [1.5], r"data.mean=\[1.5\] is out of range"),
+    ("data.std", [0], r"data.std=\[0\] is out of range"),
+    ("data.dataset", "csvv", "data.dataset='csvv' is not allowed \\(did you mean 'csv'\\?\\)"),
+])
+def test_the_schema_refuses_bad_csv_data_keys(key, value, message):
+    from hirl_core.config import set_dotted
+    from hirl_core.schema import check_config
+
+    cfg = Config({"data": {"dataset": "csv", "root": "/x", "make_if_missing": None, "mean": None, "std": None}})
+    check_config(cfg, "knn")
+    set_dotted(cfg, key, value)
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg, "knn")
