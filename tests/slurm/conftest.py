@@ -2,9 +2,10 @@
 ``make test``; locally: ``make dev-slurm-up`` and ``export SLURM_CONF=/tmp/hirl-slurm/slurm.conf``).
 
 Each test gets its own repo root under tmp_path: the configs, a site profile ``test`` whose python
-is this interpreter, ``.venv`` linked to the checkout's, and MLflow: a sqlite store of the test on
-the shared filesystem (the dev cluster's nodes are this host). Jobs a test submits in-process take the
-URI from the submitting environment, so the fixture exports it."""
+is this interpreter, ``.venv`` linked to the checkout's, and MLflow: the shared tracking server
+(``HIRL_TRACKING_SERVER``, PostgreSQL-backed, tracking/up.sh) when it is up, else a sqlite store of the
+test on the shared filesystem (the dev cluster's nodes are this host, so jobs reach either). Jobs a test
+submits in-process take the URI from the submitting environment, so the fixture exports it."""
 
 import os
 import shutil
@@ -54,8 +55,12 @@ class Root:
 
     def __init__(self, path):
         self.path = path
-        self.uri = f"sqlite:///{path / 'mlflow.db'}"
-        self.suffix = ""
+        # The shared tracking server when it is up (.ci/run: tracking/up.sh), else a sqlite file of this test.
+        # On the server the experiments of one test get names of their own (the spec files keep theirs):
+        # cells with the same config have the same id, and an earlier test's chains would be found.
+        server = os.environ.get("HIRL_TRACKING_SERVER", "")
+        self.uri = server or f"sqlite:///{path / 'mlflow.db'}"
+        self.suffix = f"-{os.getpid()}-{time.time_ns() % 10**9}" if server else ""
         shutil.copytree(REPO / "configs", path / "configs")
         (path / "slurm").mkdir()
         (path / "slurm" / "test.yaml").write_text(

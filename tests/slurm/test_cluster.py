@@ -172,7 +172,8 @@ def test_a_sweep_goes_out_as_job_arrays_with_corresponding_dependencies(root):
 
     root.experiment("tiny")
     spec = root.path / "configs" / "experiments" / "seeds.yaml"
-    spec.write_text("matrix:\n  method: [tiny]\n  seed: [0, 1, 2]\nresources:\n  slurm: {array_parallelism: 2}\n")
+    spec.write_text(f"name: seeds{root.suffix}\n"  # on the shared server: this test's own experiment
+                    "matrix:\n  method: [tiny]\n  seed: [0, 1, 2]\nresources:\n  slurm: {array_parallelism: 2}\n")
     sweep = load_sweep("seeds", root=root.path)
     backend = SlurmBackend(site=str(root.path / "slurm" / "test.yaml"), hold=True)  # queued, never started
     plans = [Plan(c, lineage.ensure_chain(c, backend, uri=root.uri), root.uri) for c in sweep.cells]
