@@ -75,6 +75,8 @@ def run_supervised(cfg, stage: str, train_set, val_set, num_classes: int, *, mod
     initial = copy.deepcopy(trunk.state_dict())
     prefix = load_backbone(trunk, cfg.pretrained, cfg.get("backbone_prefix", "auto"))  # fails before tracking
     weights = {"pretrained": copy.deepcopy(trunk.state_dict()), "untrained": initial}
+    if mode == "finetune":  # a recipe that does not fit the network (layer decay on a ResNet) fails here
+        param_groups(Classifier(trunk, build_head(trunk.out_dim, num_classes, cfg.get("head", {}))), cfg.optimizer)
     mixup, _ = build_criterion(cfg, num_classes)  # a bad mixup setting fails here, before tracking
     if mixup is not None and mode == "linear":
         raise ConfigError("mixup/cutmix mix images, not a linear probe's inputs: set mixup.mixup_alpha=0 "

@@ -105,3 +105,20 @@ def test_a_finetune_killed_in_each_phase_resumes_to_the_uninterrupted_numbers(tm
         assert [s for s, _ in resumed] == list(range(EPOCHS)), (key, resumed)  # each epoch once, from step 0
         assert [v for _, v in resumed] == pytest.approx([v for _, v in reference], abs=1e-6), key
     assert client.get_run(killed).data.metrics["finetune_top1"] == pytest.approx(want["finetune_top1"], abs=1e-6)
+
+
+@pytest.mark.fashion_mnist
+def test_a_recipe_that_does_not_fit_the_network_is_one_line_before_tracking(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = mlflow.tracking.MlflowClient(uri).create_run(
+        mlflow.tracking.MlflowClient(uri).create_experiment("bad")).info.run_id
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "hirl_core", "finetune", "-c", str(REPO / "configs/downstream/finetune/finetune_demo.yaml"),
+           f"pretrained={_pretrained(tmp_path / 'pre')}", f"output_dir={tmp_path / 'out'}", "optimizer.layer_decay=0.65"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "hirl_core: error: optimizer.layer_decay=0.65 needs a ViT backbone (layer-wise decay is per block)"]
+    assert not (tmp_path / "out").exists()
+    assert mlflow.tracking.MlflowClient(uri).get_run(run_id).info.status == "RUNNING"  # untouched: never started
