@@ -157,6 +157,14 @@ def _slurm_submit_100(tmp: Path) -> dict:
         "matrix:\n  seed: [" + ", ".join(str(i) for i in range(100)) + "]\n")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     from jobs import lineage
+
+    lineage.client()  # the store exists (as after any earlier command): its one-time migration is not timed
+    # What this interpreter paid before: a command's start, MLflow's imports, opening the store (fresh process).
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from jobs import lineage; from jobs.backends.slurm import SlurmBackend; "
+                    "lineage.client(); import gc; gc.freeze()"], check=True, cwd=tmp,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    t_start = time.perf_counter() - t0
     from jobs.backends import Plan
     from jobs.backends.slurm import SlurmBackend
     from jobs.matrix import load_sweep
@@ -187,10 +195,13 @@ def _slurm_submit_100(tmp: Path) -> dict:
     return {"sweep_cells": len(sweep.cells), "jobs_in_queue": len(set(out) & set(ids)), "arrays": len(arrays),
             "sweep_100_to_queue_s": round(t_queue, 2), "sweep_100_sbatch_s": round(t_submit, 2),
             "sweep_100_mlflow_lineage_s": round(t_lineage, 2),
-            "sweep_100_total_s": round(t_lineage + t_queue, 2), "target_s": 5.0,
-            "within_target": t_lineage + t_queue <= 5.0,  # the whole submission, not its queueing alone
+            "command_start_s": round(t_start, 2),
+            "sweep_100_total_s": round(t_start + t_lineage + t_queue, 2), "target_s": 5.0,
+            "within_target": t_start + t_lineage + t_queue <= 5.0,  # the whole submission, not its queueing alone
             "note": "to_queue = backend submit (2 job arrays, 200 pickled StageCommands) until squeue lists all "
-                    "tasks; lineage = creating the 301 MLflow runs on sqlite, which hirl submit does first"}
+                    "tasks; lineage = creating the 301 MLflow runs on an existing sqlite store, which hirl submit "
+                    "does first; command_start = a fresh interpreter's start, imports and opening the store, which "
+                    "this one paid before; total = start + lineage + to_queue"}
 
 
 def bench_tracking_load() -> dict:

@@ -262,3 +262,28 @@ def _post(uri, exp_id, planned):
     if response.status_code != 200:
         raise MlflowException(f"{uri}{ENDPOINT} answered {response.status_code}: {response.text[:300]}")
     return True
+
+
+def set_tags(uri, tags_by_run, workers=8):
+    """``{run_id: {key: value}}`` set on many runs at once (a job array's job ids): one transaction on a
+    database store, log_batch calls from a pool of threads against a server; a key a run has is overwritten,
+    as set_tag does."""
+    from mlflow.entities import RunTag
+
+    store = sql_store(uri)
+    if store is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        c = lineage.client(uri)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda item: c.log_batch(item[0], tags=[RunTag(k, str(v)) for k, v in item[1].items()]),
+                          tags_by_run.items()))
+        return
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+    from mlflow.utils.validation import _validate_batch_log_data
+
+    with store.ManagedSessionMaker(read_only=False) as session:
+        for run_id, tags in tags_by_run.items():
+            _, _, checked = _validate_batch_log_data([], [], [RunTag(k, str(v)) for k, v in tags.items()])
+            for tag in checked:  # the tags table's key is (key, run_uuid): merge inserts or overwrites
+                session.merge(SqlTag(run_uuid=run_id, key=tag.key, value=tag.value))
