@@ -145,3 +145,15 @@ def test_a_plan_of_anything_but_new_scheduled_or_running_runs_is_refused(tmp_pat
     with pytest.raises(lineage_sql.PlanError, match="statuses RUNNING, SCHEDULED"):
         lineage_sql.write_plan(lineage_sql.sql_store(uri), exp_id, plan)
     assert lineage.client(uri).search_runs([exp_id]) == []
+
+
+def test_tags_of_many_runs_in_one_write_add_and_overwrite_as_set_tag_does(tmp_path, blank_db):
+    uri = _store(tmp_path, blank_db, "store")
+    c = lineage.client(uri)
+    exp_id = c.create_experiment("e")
+    runs = [c.create_run(exp_id, tags={"hirl.job_id": "old"}).info.run_id for _ in range(3)]
+    lineage_sql.set_tags(uri, {run_id: {"hirl.job_id": f"7_{i}", "hirl.slurm_site": "test"}
+                               for i, run_id in enumerate(runs)})
+    for i, run_id in enumerate(runs):
+        tags = c.get_run(run_id).data.tags
+        assert tags["hirl.job_id"] == f"7_{i}" and tags["hirl.slurm_site"] == "test"
