@@ -97,7 +97,7 @@ data:  ## make sure the demo data is there (Debian's dataset-fashion-mnist; or D
 	  echo "(or set HIRL_FASHION_MNIST=<dir with the idx files>, or run with DATA=<ImageFolder root>)"; exit 2; \
 	fi
 
-demo: setup data  ## the whole demo chain (MoCo v2 pre-train → KNN) on the local backend
+demo: setup data  ## the whole demo chain (MoCo v2 pre-train → KNN, linear, fine-tune, semi-sup 1 %/10 %, clustering, transfer) on the local backend
 	@$(MAKE) --no-print-directory submit EXP=demo BACKEND=local
 
 submit: setup  ## submit EXP, a whole sweep too (BACKEND=local, SET="key=value ...", FORCE=1 reruns finished stages)

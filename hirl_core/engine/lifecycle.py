@@ -112,7 +112,7 @@ class StageLifecycle:
                 tracker.artifact(str(self.out / "config.yaml"))
                 if self.start_epoch == 0 and params:
                     tracker.params(params)
-                if self.state is not None:
+                if self.epochs:  # a trained stage: every attempt says where it began (0: from scratch)
                     tracker.metrics({"resumed_from_epoch": self.start_epoch}, step=self.start_epoch)
             if self.start_epoch:
                 self.say(f"resuming from {self.resume_point} at epoch {self._of(self.start_epoch)}")
