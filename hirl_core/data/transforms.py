@@ -152,8 +152,9 @@ def moco_v2_pil_views(image_size: int = 224, crop_scale=(0.2, 1.0), n_views: int
 
 
 def eval_pil_transform(image_size: int = 224):
-    """Resize(256/224 × size) + CenterCrop(size), the seed's evaluation transform."""
+    """Resize(256/224 × size, bicubic) + CenterCrop(size), the seed's evaluation transform."""
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size),
+    resize = T.Resize(int(round(image_size * 256 / 224)), interpolation=T.InterpolationMode.BICUBIC)
+    return T.Compose([resize, T.CenterCrop(image_size),
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -53,3 +53,18 @@ def test_check_data_errors_name_the_path(tmp_path):
         check_data(Config({"dataset": "cifar"}))
     (tmp_path / "train" / "a").mkdir(parents=True)
     check_data(Config({"dataset": "imagefolder", "root": str(tmp_path)}))
+
+
+def test_the_evaluation_transform_resizes_bicubically_as_the_seed():
+    # the seed's KNN, linear-probe val, fine-tuning val and clustering: Resize 256 (bicubic) + CenterCrop 224
+    from PIL import Image
+    from torchvision.transforms import functional as F
+
+    from hirl_core.data.transforms import eval_pil_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    got = eval_pil_transform(224)(image)
+    bicubic = F.center_crop(F.resize(image, 256, interpolation=F.InterpolationMode.BICUBIC), 224)
+    expected = F.normalize(F.to_tensor(bicubic), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert got.shape == (3, 224, 224) and np.allclose(got.numpy(), expected.numpy(), atol=1e-6)
