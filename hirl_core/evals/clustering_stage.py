@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError
+from .wiring import resolve_pretrained
 from ..data import check_data
 from ..data.build import build_eval_dataset
 from ..data.hierarchy import class_names, hierarchy_of, resolve_hierarchy
@@ -58,16 +59,6 @@ from .cluster_metrics import clustering_scores, coarse_labels, tree_purity
 from .knn import extract_features
 
 SCORES = ("nmi", "ami", "ari", "acc")
-
-
-def _backbone_from_pretrain_dir(cfg) -> None:
-    """A hand-run stage may omit `backbone`: take it (and the seed) from the pre-training's config.yaml."""
-    beside = Path(cfg.pretrained).parent / "config.yaml"
-    if not beside.is_file():
-        raise ConfigError("clustering needs the pre-training's backbone section: set +backbone.arch=... or "
-                          f"keep the pre-training config.yaml beside {cfg.pretrained}")
-    pre = load_config(beside)
-    cfg["backbone"], cfg["seed"] = pre.backbone, pre.seed
 
 
 def _dataset_classes(dataset, data) -> list:
@@ -234,10 +225,7 @@ def _summary(metrics: dict, levels: dict, source: TreeSource | None, untrained: 
 
 def run_clustering(cfg) -> dict:
     info = init_distributed(cfg.get("device", "auto"))
-    if not cfg.get("pretrained"):
-        raise ConfigError("clustering needs `pretrained=<path to backbone.pth or a checkpoint>`")
-    if not isinstance(cfg.get("backbone"), dict):
-        _backbone_from_pretrain_dir(cfg)
+    resolve_pretrained(cfg, "clustering")
     check_data(cfg.data, splits=("val",))
     s = _settings(cfg)
     seed_all(cfg.seed)
