@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 
-
 from ..data import check_data
 from ..data.build import build_eval_dataset
 from ..engine.distributed import init_distributed
