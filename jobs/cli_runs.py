@@ -137,16 +137,21 @@ def _log_text(backend, handle, rank, uri):
     return log_artifact(handle.run_id, uri)
 
 
-def cmd_logs(args):
-    from . import lineage
-
+def _one_cell(args):
+    """(sweep, the one cell ``--cell`` picks) for a command about one stage; more than one is refused."""
     sweep = load(args)
     cells = sweep.select(args.cell)
     if len(cells) > 1:
         listing = "; ".join(f"{c.cell_id[:8]} {c.label}" for c in cells[:6])
         raise SpecError(f"{len(cells)} cells match: pick one with --cell (id prefix or key=value): {listing}")
-    cell = cells[0]
     _check_stage(args.stage, cells)
+    return sweep, cells[0]
+
+
+def cmd_logs(args):
+    from . import lineage
+
+    sweep, cell = _one_cell(args)
     stage = args.stage or cell.stages[0].name
     uri = lineage.tracking_uri()
     st = lineage.sweep_status(sweep.name, [cell], uri)[0]
@@ -312,13 +317,7 @@ def _finished_backbone(args):
     """The backbone.pth of the chosen cell's FINISHED pre-training stage, found through MLflow."""
     from . import lineage
 
-    sweep = load(args)
-    cells = sweep.select(args.cell)
-    if len(cells) > 1:
-        listing = "; ".join(f"{c.cell_id[:8]} {c.label}" for c in cells[:6])
-        raise SpecError(f"{len(cells)} cells match: pick one with --cell (id prefix or key=value): {listing}")
-    cell = cells[0]
-    _check_stage(args.stage, cells)
+    sweep, cell = _one_cell(args)
     pretrains = [s.name for s in cell.stages if s.type == "pretrain"]
     stage = args.stage or (pretrains[0] if pretrains else "")
     if stage not in pretrains:
