@@ -1,7 +1,6 @@
 """`hirl export`: a finished pre-training's backbone.pth found through a real MLflow store, exported by
 `python -m hirl_core.export` in a child process; bad requests are one line before anything runs."""
 
-import shutil
 
 import pytest
 import torch
@@ -12,22 +11,8 @@ from jobs import cli, lineage
 from jobs.dag import compile_cell
 from jobs.spec import load_experiment
 
-from . import make_blank_mlflow_db, make_root
 
 TINY = {"arch": "resnet18", "width": 4, "small_stem": True, "in_chans": 1}
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
-
-
-@pytest.fixture
-def root(tmp_path, monkeypatch, blank_db):
-    shutil.copy(blank_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)
-    return make_root(tmp_path)
 
 
 def _pretrained(root, status):

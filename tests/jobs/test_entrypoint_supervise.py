@@ -15,12 +15,7 @@ from jobs.backends.common import LOG_ARTIFACT, log_artifact
 from jobs.dag import compile_cell
 from jobs.spec import load_experiment
 
-from . import REPO_ROOT, make_blank_mlflow_db, make_root, subprocess_env
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
+from . import REPO_ROOT, make_root, subprocess_env
 
 
 @pytest.fixture

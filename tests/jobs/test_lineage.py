@@ -2,27 +2,12 @@
 
 import shutil
 
-import pytest
 import yaml
 
 from jobs import lineage
 from jobs.dag import compile_cell
 from jobs.spec import load_experiment
 
-from . import make_blank_mlflow_db, make_root
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
-
-
-@pytest.fixture
-def root(tmp_path, monkeypatch, blank_db):
-    shutil.copy(blank_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)
-    return make_root(tmp_path)
 
 
 def compile_demo(root, overrides=()):

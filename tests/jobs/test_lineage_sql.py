@@ -13,13 +13,8 @@ import pytest
 from jobs import lineage, lineage_bulk, lineage_sql
 from jobs.matrix import load_sweep
 
-from . import FIXTURES, make_blank_mlflow_db, make_root
+from . import FIXTURES, make_root
 from ..tracking.server import free_port, healthy
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
 
 
 def _root(tmp_path):

@@ -19,7 +19,7 @@ from jobs.backends.local import LocalBackend
 from jobs.dag import assign_outputs, compile_cell
 from jobs.spec import load_experiment
 
-from . import PYTHON, make_blank_mlflow_db, make_root, subprocess_env
+from . import PYTHON, make_root, subprocess_env
 
 # A stage that records that it ran, then logs its key metric into its own run (MLFLOW_RUN_ID).
 GOOD_STAGE = """\
@@ -32,11 +32,6 @@ with mlflow.start_run():
     mlflow.log_metric("loss" if os.environ["HIRL_STAGE"] == "pretrain" else "knn_top1_k20", 0.25)
 """
 BAD_STAGE = "import sys; print('boom'); sys.exit(1)"
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from jobs import lineage
 from jobs.dag import compile_cell
 from jobs.spec import load_experiment
 
-from . import PYTHON, make_blank_mlflow_db, make_root, subprocess_env
+from . import PYTHON, make_root, subprocess_env
 
 # The CLI itself, in this process only so that its backend runs the stand-in stage below.
 SUBMITTER = """\
@@ -37,11 +37,6 @@ while not os.path.exists(sys.argv[1] + ".go") and time.time() < deadline:
 for i in range(200):
     print("after the kill", i, flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
 
 
 @pytest.fixture

@@ -2,28 +2,11 @@
 (a real sqlite store in tmp_path, no mocks)."""
 
 import json
-import shutil
-
-import pytest
 
 from jobs import lineage, mlflow_view
 from jobs.dag import compile_cell
 from jobs.spec import load_experiment
 
-from . import make_blank_mlflow_db, make_root
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
-
-
-@pytest.fixture
-def root(tmp_path, monkeypatch, blank_db):
-    shutil.copy(blank_db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)
-    return make_root(tmp_path)
 
 
 def test_the_experiment_opens_in_the_model_training_view(root):

@@ -16,7 +16,7 @@ from jobs.dag import compile_cell
 from jobs.matrix import load_sweep
 from jobs.spec import load_experiment
 
-from . import PYTHON, make_blank_mlflow_db, make_root
+from . import PYTHON, make_root
 
 # Logs the stage type's key metric and its untrained twin (names from the registry) with the given values.
 STAGE = """\
@@ -37,11 +37,6 @@ EVALS = {"transfer": ("transfer", {}), "semisup_10": ("semisup", {"semisup": {"l
 VALUES = {"pretrain": (3.5, None), "knn": (0.781, 0.756), "linear": (0.82, 0.61), "finetune": (0.9, 0.85),
           "semisup_1": (0.55, 0.31), "semisup_10": (0.7, 0.52), "clustering": (0.612, 0.401),
           "transfer": (0.66, 0.47)}
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
 
 
 @pytest.fixture

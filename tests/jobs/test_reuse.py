@@ -12,7 +12,7 @@ from jobs.backends.local import LocalBackend
 from jobs.dag import compile_cell
 from jobs.spec import load_experiment
 
-from . import PYTHON, make_blank_mlflow_db, make_root
+from . import PYTHON, make_root
 
 # Records that it ran, writes a pretrain's backbone.pth into its output dir, logs its key metric.
 STAGE = """\
@@ -27,11 +27,6 @@ import mlflow
 with mlflow.start_run():
     mlflow.log_metric("loss" if stage == "pretrain" else "knn_top1_k20", 0.25)
 """
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from jobs import cli, cli_runs, lineage, spec
 from jobs.backends.local import LocalBackend
 from jobs.matrix import load_sweep
 
-from . import FIXTURES, PYTHON, make_blank_mlflow_db, make_root, subprocess_env
+from . import FIXTURES, PYTHON, make_root, subprocess_env
 
 # Records "<cell dir> <stage>" and prints a line; its run is closed by the backend (clean exit: FINISHED).
 RECORD = """\
@@ -31,11 +31,6 @@ sys.exit(int(sys.argv[3]))
 @pytest.fixture(autouse=True)
 def runnable(monkeypatch):
     monkeypatch.setattr(spec, "RUNNABLE_TYPES", ("pretrain", "knn"))
-
-
-@pytest.fixture(scope="module")
-def blank_db(tmp_path_factory):
-    return make_blank_mlflow_db(tmp_path_factory.mktemp("template") / "mlflow.db")
 
 
 @pytest.fixture

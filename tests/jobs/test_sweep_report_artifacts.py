@@ -3,7 +3,7 @@ chains carry the key numbers and summary params (the recording backend of test_s
 
 from jobs import cli, lineage
 
-from .test_sweep_local import blank_db, recording_backend, root, use  # noqa: F401 - fixtures
+from .test_sweep_local import recording_backend, root, use  # noqa: F401 - fixtures
 
 
 def test_an_ended_sweep_holds_its_report_and_its_chains_their_numbers(root, monkeypatch, capsys):  # noqa: F811
