@@ -85,6 +85,25 @@ def k8s():
             os.environ.pop("KUBECONFIG", None)
 
 
+CHAIN = """\
+name: chain
+description: MoCo v2 pre-training then KNN, as the demo was before it grew its other evaluations
+stages:
+  pretrain:
+    config: configs/pretrain/baseline/mocov2_demo.yaml
+  knn:
+    config: configs/downstream/knn/knn_demo.yaml
+    after: pretrain
+"""
+CHAIN_SWEEP = """\
+name: chain_sweep
+description: the chain and HIRL-MoCo v2's, three seeds each
+matrix:
+  method: [chain, hirl_demo]
+  seed: [0, 1, 2]
+"""
+
+
 class Root:
     """A throwaway repo root: the configs, a pinned image record, a sqlite MLflow store, the hirl CLI."""
 
@@ -92,6 +111,10 @@ class Root:
         self.path = path
         self.uri = f"sqlite:///{path / 'mlflow.db'}"
         shutil.copytree(REPO / "configs", path / "configs")
+        # A two-stage chain and a 2 x 3 sweep of it: the shape these tests check, whatever the demo grows into.
+        experiments = path / "configs" / "experiments"
+        (experiments / "chain.yaml").write_text(CHAIN)
+        (experiments / "chain_sweep.yaml").write_text(CHAIN_SWEEP)
         (path / ".hirl").mkdir()
         (path / ".hirl" / "images.json").write_text(
             '{"latest": "hirl:test", "pushed": {"hirl:test": {"reference": "%s"}}}\n' % DIGEST)
