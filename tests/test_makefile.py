@@ -37,7 +37,8 @@ def make(*args, venv=VENV, env=None, cwd=REPO):
 
 def _configs(out):
     found = {p.parent.name.split("-")[0]: yaml.safe_load(p.read_text()) for p in Path(out).rglob("config.yaml")}
-    assert set(found) == {"pretrain", "knn"}, found
+    assert set(found) == {"pretrain", "knn", "linear", "finetune", "semisup_1pct", "semisup_10pct", "clustering",
+                          "transfer"}, found  # the demo chain's eight stages
     return found
 
 
