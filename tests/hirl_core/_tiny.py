@@ -80,3 +80,22 @@ def loss_drops_after_one_step(name: str, lr: float = 0.05, batch: int = 8) -> tu
     model.before_optimizer_step()
     opt.step()
     return before, measure()
+
+
+def perturbed_backbone(folder, backbone: dict):
+    """A 'pre-trained' backbone (the seed-0 init, perturbed) as ``<folder>/backbone.pth`` in the seed's
+    format, with the config.yaml an evaluation reads its architecture and seed from; returns the file."""
+    from hirl_core.config import dump_config
+    from hirl_core.engine import checkpoint as ckpt
+    from hirl_core.engine.lifecycle import seed_all
+    from hirl_core.models import build_backbone
+
+    folder.mkdir(parents=True)
+    seed_all(0)
+    net = build_backbone(Config(backbone))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.save({"model": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, folder / ckpt.BACKBONE)
+    dump_config(Config({"seed": 0, "backbone": backbone}), folder / "config.yaml")
+    return folder / ckpt.BACKBONE

@@ -11,35 +11,22 @@ import torch
 from PIL import Image
 
 from hirl_core.__main__ import main as hirl_core_main
-from hirl_core.config import Config, ConfigError, dump_config, load_config
+from hirl_core.config import Config, ConfigError, load_config
 from hirl_core.data.build import build_eval_dataset
 from hirl_core.data.datasets import FileListWithIndex, InMemoryEval
 from hirl_core.data.fashion_mnist import DEBIAN_ROOT, missing_files
 from hirl_core.data.subsets import SUBSET_FILE, balanced_subset, read_subset
 from hirl_core.data.transforms import BatchEvalTransform
-from hirl_core.engine import checkpoint as ckpt
-from hirl_core.engine.lifecycle import seed_all
 from hirl_core.evals.semisup import restrict, run_semisup, subset_request
 from hirl_core.evals.transfer import run_transfer
-from hirl_core.models import build_backbone
 from hirl_core.schema import check_stage_config
+
+from ._tiny import perturbed_backbone
 
 REPO = Path(__file__).resolve().parents[2]
 GREY = {"arch": "resnet18", "width": 4, "small_stem": True, "stem_stride": 2, "in_chans": 1}
 RGB = {**GREY, "in_chans": 3}
 needs_fashion_mnist = pytest.mark.skipif(bool(missing_files(DEBIAN_ROOT)), reason="dataset-fashion-mnist not installed")
-
-
-def _pretrained(folder: Path, backbone: dict) -> Path:
-    folder.mkdir(parents=True)
-    seed_all(0)
-    net = build_backbone(Config(backbone))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    torch.save({"model": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, folder / ckpt.BACKBONE)
-    dump_config(Config({"seed": 0, "backbone": backbone}), folder / "config.yaml")
-    return folder / ckpt.BACKBONE
 
 
 @pytest.fixture
@@ -51,7 +38,7 @@ def store(tmp_path, monkeypatch):
 
 def _demo(name: str, tmp_path: Path, backbone: dict, *overrides) -> Config:
     cfg = load_config(REPO / "configs/downstream" / name,
-                      [f"pretrained={_pretrained(tmp_path / 'pre', backbone)}", f"output_dir={tmp_path / 'out'}",
+                      [f"pretrained={perturbed_backbone(tmp_path / 'pre', backbone)}", f"output_dir={tmp_path / 'out'}",
                        "device=cpu", "epochs=1", *overrides])
     check_stage_config(cfg, cfg.runner)
     return cfg
@@ -131,7 +118,7 @@ def test_semisup_with_a_list_trains_on_exactly_the_listed_imagenet_files(store):
     (["semisup.per_class=0", "semisup.fraction=null"], r"semisup.per_class=0 is out of range"),
 ])
 def test_bad_semisup_sections_are_one_line_errors_before_anything_is_written(tmp_path, capsys, overrides, message):
-    pre = _pretrained(tmp_path / "pre", GREY)
+    pre = perturbed_backbone(tmp_path / "pre", GREY)
     code = hirl_core_main(["semisup", "-c", str(REPO / "configs/downstream/semisup/semisup_demo_1percent.yaml"),
                            f"pretrained={pre}", f"output_dir={tmp_path / 'out'}", "device=cpu", *overrides])
     err = capsys.readouterr().err.strip()

@@ -14,10 +14,9 @@ import mlflow
 import pytest
 import torch
 
-from hirl_core.config import Config, dump_config
 from hirl_core.engine import checkpoint as ckpt
-from hirl_core.engine.lifecycle import seed_all
-from hirl_core.models import build_backbone
+
+from ._tiny import perturbed_backbone
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -25,19 +24,6 @@ BACKBONE = {"arch": "resnet18", "width": 8, "small_stem": True, "stem_stride": 2
 # mixup/cutmix, smoothing, crops and erasing: every RNG a resume must replay
 OVERRIDES = [f"epochs={EPOCHS}", "batch_size=32", "data.train_subset=768", "data.val_subset=256",
              "mixup.mixup_alpha=0.8", "mixup.cutmix_alpha=1.0", "augment.reprob=0.25", "untrained=true"]
-
-
-def _pretrained(folder: Path) -> Path:
-    """A 'pre-trained' backbone (the seed's init, perturbed) and the config.yaml the stage reads it from."""
-    folder.mkdir(parents=True)
-    seed_all(0)
-    backbone = build_backbone(Config(BACKBONE))
-    with torch.no_grad():
-        for p in backbone.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    torch.save({"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, folder / ckpt.BACKBONE)
-    dump_config(Config({"seed": 0, "backbone": BACKBONE}), folder / "config.yaml")
-    return folder / ckpt.BACKBONE
 
 
 def _start(out: Path, pretrained: Path, uri: str, run_id: str) -> subprocess.Popen:
@@ -76,7 +62,7 @@ def test_a_finetune_killed_in_each_phase_resumes_to_the_uninterrupted_numbers(tm
     client = mlflow.tracking.MlflowClient(uri)
     experiment = client.create_experiment("supervised-resume")
     killed, whole = (client.create_run(experiment).info.run_id for _ in range(2))
-    pretrained = _pretrained(tmp_path / "pre")
+    pretrained = perturbed_backbone(tmp_path / "pre", BACKBONE)
 
     out = tmp_path / "killed"
     _kill_after_epoch(_start(out, pretrained, uri, killed), out, 1)  # in the pre-trained phase
@@ -115,7 +101,7 @@ def test_a_recipe_that_does_not_fit_the_network_is_one_line_before_tracking(tmp_
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id, "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "hirl_core", "finetune", "-c", str(REPO / "configs/downstream/finetune/finetune_demo.yaml"),
-           f"pretrained={_pretrained(tmp_path / 'pre')}", f"output_dir={tmp_path / 'out'}", "optimizer.layer_decay=0.65"]
+           f"pretrained={perturbed_backbone(tmp_path / 'pre', BACKBONE)}", f"output_dir={tmp_path / 'out'}", "optimizer.layer_decay=0.65"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
