@@ -25,13 +25,13 @@ from .optim import (build_optimizer, clip_gradients, scaled_lr, scheduled_lr, sc
 from .progress import Progress, duration
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
-def _precision(cfg, device: torch.device) -> str:
+def resolve_precision(cfg, device: torch.device) -> str:
     p = cfg.get("precision", "auto")
     return ("bf16" if device.type == "cuda" else "fp32") if p == "auto" else p
 
@@ -59,7 +59,7 @@ def run_pretrain(cfg) -> dict:
                                    "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0)),
                                    "wd_schedule": False, "lars_exclude": False, "fix_lr": False})
         cluster_set = build_eval_dataset(cfg.data, "train")  # same images, same order, eval transform
-    precision = _precision(cfg, info.device)
+    precision = resolve_precision(cfg, info.device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     if state is not None:
         method.load_state_dict(state["model"])
@@ -130,7 +130,7 @@ def _train_epoch(cfg, info, model, method, dataset, optimizer, scaler, precision
                 set_weight_decay(optimizer, wd)
             method.on_step_start(step, total_steps, steps_per_epoch)
             views = [v.to(info.device, non_blocking=True) for v in views]
-            with _autocast(info.device, precision):
+            with autocast_for(info.device, precision):
                 out = model(views, index) if getattr(method, "uses_index", False) else model(views)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(out.loss).backward()

@@ -42,7 +42,7 @@ from ..config import ConfigError
 from ..engine.distributed import all_reduce_mean, all_reduce_sum, init_distributed
 from ..engine.lifecycle import StageLifecycle, seed_all
 from ..engine.optim import scaled_lr
-from ..engine.pretrain import _autocast, _precision
+from ..engine.pretrain import autocast_for, resolve_precision
 from ..engine.progress import Progress, duration
 from ..models import build_backbone
 from ..models.loading import load_backbone
@@ -90,7 +90,7 @@ def run_supervised(cfg, stage: str, train_set, val_set, num_classes: int, *, mod
     logged = {"mode": mode, "pretrained": cfg.pretrained, "backbone_prefix": prefix, "arch": cfg.backbone.arch,
               "epochs": epochs, "batch_size_total": total_batch, "lr": scaled_lr(cfg.optimizer, total_batch),
               "num_classes": num_classes, "world_size": info.world_size,
-              "precision": _precision(cfg, info.device), **(params or {})}
+              "precision": resolve_precision(cfg, info.device), **(params or {})}
     began = time.perf_counter()
     with life.tracked(logged) as tracker:
         for index, phase in enumerate(phases):
@@ -129,7 +129,7 @@ class _PhaseTrainer:
         self.cfg, self.stage, self.mode, self.info, self.life = cfg, stage, mode, info, life
         self.phase, self.first, self.num_classes, self.results = phase, first_epoch, num_classes, results
         self.device = info.device
-        self.precision = _precision(cfg, info.device)
+        self.precision = resolve_precision(cfg, info.device)
         self.epochs = int(cfg.epochs)
 
     def build(self, trunk, trunk_weights, resume) -> None:
@@ -178,7 +178,7 @@ class _PhaseTrainer:
         self.model.trunk.eval()
         with torch.no_grad(), Progress(len(loader), desc, enabled=self.info.is_main, prefix=f"[{self.stage}] ") as bar:
             for images, _index, target in loader:
-                with _autocast(self.device, self.precision):
+                with autocast_for(self.device, self.precision):
                     feats.append(self.model.trunk(images.to(self.device)).float())
                 labels.append(torch.as_tensor(target).to(self.device))
                 bar.update()
@@ -251,7 +251,7 @@ class _PhaseTrainer:
                 x, y = x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device, non_blocking=True)
                 if self.mixup is not None:
                     x, y = self.mixup(x, y)
-                with _autocast(self.device, self.precision):
+                with autocast_for(self.device, self.precision):
                     loss = self.criterion(self._logits(x), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -295,5 +295,5 @@ class _PhaseTrainer:
 
     def _scored(self, model, loader):
         for images, _index, target in loader:
-            with _autocast(self.device, self.precision):
+            with autocast_for(self.device, self.precision):
                 yield model(images.to(self.device, non_blocking=True)), target
