@@ -30,8 +30,8 @@ from .engine.checkpoint import atomic_save
 from .models import BACKBONES, build_backbone
 from .models.loading import (CONTAINERS, PREFIXES, CheckpointError, describe_layouts, load_match,
                              placement_rank, read_checkpoint, tensor_containers)
-from .models.resnet import _LAYOUT
-from .models.vit import _SIZES
+from .models.resnet import RESNET_LAYOUTS
+from .models.vit import VIT_SIZES
 
 FORMATS = {"torchvision": "resnet", "timm": "vit", "detectron2": "resnet"}
 
@@ -61,10 +61,10 @@ def _infer_resnet(state: dict, prefix: str) -> dict:
     conv1 = state[prefix + "conv1.weight"]
     bottleneck = prefix + "layer1.0.conv3.weight" in state
     layers = [_indices(state, f"{prefix}layer{i}.") for i in range(1, 5)]
-    arch = next((name for name, (block, counts) in _LAYOUT.items()
+    arch = next((name for name, (block, counts) in RESNET_LAYOUTS.items()
                  if counts == layers and (block.expansion == 4) == bottleneck), None)
     if arch is None:
-        allowed = ", ".join(f"{n} {c}" for n, (_, c) in _LAYOUT.items())
+        allowed = ", ".join(f"{n} {c}" for n, (_, c) in RESNET_LAYOUTS.items())
         raise ConfigError(f"a ResNet with {layers} blocks per stage ({'bottleneck' if bottleneck else 'basic'} "
                           f"blocks) is none of the project's: {allowed}; pass --arch")
     return {"arch": arch, "width": conv1.shape[0], "in_chans": conv1.shape[1], "small_stem": conv1.shape[-1] == 3}
@@ -73,9 +73,9 @@ def _infer_resnet(state: dict, prefix: str) -> dict:
 def _infer_vit(state: dict, prefix: str) -> dict:
     proj, table = state[prefix + "patch_embed.proj.weight"], state.get(prefix + "pos_embed")
     dim, patch = proj.shape[0], proj.shape[-1]
-    arch = next((name for name, (d, _, _) in _SIZES.items() if d == dim), None)
+    arch = next((name for name, (d, _, _) in VIT_SIZES.items() if d == dim), None)
     if arch is None:
-        allowed = ", ".join(f"{n} {d}" for n, (d, _, _) in _SIZES.items())
+        allowed = ", ".join(f"{n} {d}" for n, (d, _, _) in VIT_SIZES.items())
         raise ConfigError(f"a ViT of embedding dim {dim} is none of the project's ({allowed}); pass --arch")
     grid = math.isqrt(table.shape[1] - 1) if table is not None else 224 // patch
     return {"arch": arch, "patch_size": patch, "in_chans": proj.shape[1], "image_size": grid * patch,

@@ -64,7 +64,7 @@ class SweepRef:
     run_id: str = ""       # the sweep run (parent of the chain runs); "" for a single experiment
 
 
-def _experiment_id(c, name, create):
+def experiment_id_of(c, name, create):
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted" and create:
@@ -90,7 +90,7 @@ def _search(c, exp_id, filter_string):
                          order_by=["attributes.start_time DESC"], max_results=1000)
 
 
-def _search_all(c, exp_id, filter_string=""):
+def search_all(c, exp_id, filter_string=""):
     """Every active run matching the filter, newest first (all pages)."""
     from mlflow.entities import ViewType
 
@@ -109,7 +109,7 @@ def _latest(experiment_name, filter_string, uri=None):
     if not store_exists(uri):
         return None
     c = client(uri)
-    exp_id = _experiment_id(c, experiment_name, create=False)
+    exp_id = experiment_id_of(c, experiment_name, create=False)
     if exp_id is None:
         return None
     runs = _search(c, exp_id, filter_string)
@@ -121,18 +121,18 @@ def find_chain(experiment_name, cell_id, uri=None):
     return _latest(experiment_name, f"tags.`hirl.cell` = '{cell_id}' and tags.`hirl.kind` = 'chain'", uri)
 
 
-def _latest_stage_runs(c, exp_id, chain_id):
+def latest_stage_runs(c, exp_id, chain_id):
     latest = {}
     for run in _search(c, exp_id, f"tags.`mlflow.parentRunId` = '{chain_id}'"):
         latest.setdefault(run.data.tags.get("hirl.stage"), run)  # newest first
     return latest
 
 
-def _backend_name(backend):
+def backend_name_of(backend):
     return backend if isinstance(backend, str) else getattr(backend, "name", str(backend))
 
 
-def _chain_tags(cell, sweep):
+def chain_tags(cell, sweep):
     tags = {}
     if sweep is not None:
         tags["hirl.sweep"] = sweep.sweep_id
@@ -155,11 +155,11 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
     sweep run; a cell shared by a later sweep moves to that sweep.
     """
     c = client(uri)
-    bname = _backend_name(backend)
+    bname = backend_name_of(backend)
     image = getattr(backend, "image", "local") if not isinstance(backend, str) else "local"
-    exp_id = _experiment_id(c, cell.experiment, create=True)
+    exp_id = experiment_id_of(c, cell.experiment, create=True)
     chain = find_chain(cell.experiment, cell.cell_id, uri)
-    extra = _chain_tags(cell, sweep)
+    extra = chain_tags(cell, sweep)
     if chain is None:
         tags = {"hirl.kind": "chain", "hirl.cell": cell.cell_id, "hirl.experiment": cell.experiment,
                 "hirl.backend": bname, "hirl.config_hash": cell.cell_id,
@@ -175,7 +175,7 @@ def ensure_chain(cell, backend, force=False, uri=None, sweep=None):
         for key, value in extra.items():
             if chain.data.tags.get(key) != value:
                 c.set_tag(chain_id, key, value)
-    existing = {} if force or chain is None else _latest_stage_runs(c, exp_id, chain_id)  # a new chain has none
+    existing = {} if force or chain is None else latest_stage_runs(c, exp_id, chain_id)  # a new chain has none
 
     runs, created, elsewhere = {}, [], {}
     for stage in cell.stages:  # topological: an upstream's run id is known first
@@ -248,7 +248,7 @@ def chain_status(experiment_name, cell_id, stages=None, uri=None):
     chain = find_chain(experiment_name, cell_id, uri)
     if chain is None:
         return []
-    latest = _latest_stage_runs(client(uri), chain.info.experiment_id, chain.info.run_id)
+    latest = latest_stage_runs(client(uri), chain.info.experiment_id, chain.info.run_id)
     names = list(stages) if stages else sorted(latest, key=lambda n: latest[n].info.start_time)
     rows = []
     for name in names:
@@ -294,8 +294,8 @@ def sweep_status(experiment_name, cells, uri=None):
         return [CellStatus(cell, None, [StageStatus(s.name, s.type, "", "NOT CREATED") for s in cell.stages])
                 for cell in cells]
     c = client(uri)
-    exp_id = _experiment_id(c, experiment_name, create=False)
-    runs = _search_all(c, exp_id) if exp_id is not None else []
+    exp_id = experiment_id_of(c, experiment_name, create=False)
+    runs = search_all(c, exp_id) if exp_id is not None else []
     chains, children = {}, {}
     for run in runs:  # newest first: the first seen wins
         tags = run.data.tags
@@ -339,9 +339,9 @@ def ensure_sweep_run(sweep, backend, uri=None):
     if found is not None:
         return found.info.run_id
     c = client(uri)
-    exp_id = _experiment_id(c, sweep.name, create=True)
+    exp_id = experiment_id_of(c, sweep.name, create=True)
     tags = {"hirl.kind": "sweep", "hirl.sweep": sweep.sweep_id, "hirl.experiment": sweep.name,
-            "hirl.backend": _backend_name(backend), "hirl.cells": str(len(sweep.cells)),
+            "hirl.backend": backend_name_of(backend), "hirl.cells": str(len(sweep.cells)),
             "hirl.overrides": " ".join(sweep.overrides)}
     if sweep.description:
         tags["mlflow.note.content"] = sweep.description
@@ -411,7 +411,7 @@ def _end_sweep_of(chain, uri=None):
     sweep_run = c.get_run(parent)
     if sweep_run.data.tags.get("hirl.kind") != "sweep" or sweep_run.info.status != "RUNNING":
         return
-    chains = _search_all(c, chain.info.experiment_id,
+    chains = search_all(c, chain.info.experiment_id,
                          f"tags.`mlflow.parentRunId` = '{parent}' and tags.`hirl.kind` = 'chain'")
     states = [r.info.status for r in chains]
     if len(states) >= int(sweep_run.data.tags.get("hirl.cells", "0")) and \

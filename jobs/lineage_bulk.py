@@ -38,7 +38,7 @@ def ensure_chains(cells, backend, force=False, uri=None, sweep=None, workers=Non
         return [lineage.ensure_chain(cell, backend, force=force, uri=uri, sweep=sweep) for cell in cells]
     c = lineage.client(uri)
     for name in dict.fromkeys(cell.experiment for cell in cells):
-        lineage._experiment_id(c, name, create=True)
+        lineage.experiment_id_of(c, name, create=True)
     size = workers or int(os.environ.get("HIRL_LINEAGE_WORKERS") or WORKERS)
     with ThreadPoolExecutor(max_workers=max(1, size)) as pool:
         return list(pool.map(lambda cell: lineage.ensure_chain(cell, backend, force=force, uri=uri, sweep=sweep),
@@ -51,12 +51,12 @@ def _in_one_transaction(store, cells, backend, uri, sweep):
     c = lineage.client(uri)
     made = {}
     for name in dict.fromkeys(cell.experiment for cell in cells):
-        exp_id = lineage._experiment_id(c, name, create=True)
+        exp_id = lineage.experiment_id_of(c, name, create=True)
         group = [cell for cell in cells if cell.experiment == name]
         if store is not None:
             have = lineage_sql.cells_with_chains(store, exp_id, {cell.cell_id for cell in group})
         else:
-            chains = lineage._search_all(c, exp_id, "tags.`hirl.kind` = 'chain'")
+            chains = lineage.search_all(c, exp_id, "tags.`hirl.kind` = 'chain'")
             have = {run.data.tags.get("hirl.cell") for run in chains}
         new = [cell for cell in group if cell.cell_id not in have]
         if new:  # a new cell with a finished twin of a root stage goes through ensure_chain, which reuses it

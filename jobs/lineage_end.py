@@ -35,12 +35,12 @@ def end_orphaned_chain(experiment_name, cell_id, reason, uri=None):
     chains = [chain]
     if parent:
         query = f"tags.`mlflow.parentRunId` = '{parent}' and tags.`hirl.kind` = 'chain'"
-        chains += [r for r in lineage._search_all(c, chain.info.experiment_id, query)
+        chains += [r for r in lineage.search_all(c, chain.info.experiment_id, query)
                    if r.info.run_id != chain.info.run_id]
     for ch in chains:
         if ch.info.status not in ("RUNNING", "SCHEDULED"):
             continue
-        stages = lineage._latest_stage_runs(c, ch.info.experiment_id, ch.info.run_id).values()
+        stages = lineage.latest_stage_runs(c, ch.info.experiment_id, ch.info.run_id).values()
         if ch is not chain and any(r.info.status == "RUNNING" for r in stages):
             continue  # a stage of it is running: its own watcher settles it
         for run in stages:

@@ -86,12 +86,12 @@ def _dataset(stage):
 def plan_chain(cell, backend, sweep=None):
     """The runs of one new chain (the chain run first), and {stage: StageRun}; the cell's output dirs
     are assigned from the planned run ids."""
-    bname = lineage._backend_name(backend)
+    bname = lineage.backend_name_of(backend)
     image = getattr(backend, "image", "local") if not isinstance(backend, str) else "local"
     chain_id = uuid.uuid4().hex
     tags = {"hirl.kind": "chain", "hirl.cell": cell.cell_id, "hirl.experiment": cell.experiment,
             "hirl.backend": bname, "hirl.config_hash": cell.cell_id, "hirl.overrides": " ".join(cell.overrides),
-            **lineage._chain_tags(cell, sweep)}
+            **lineage.chain_tags(cell, sweep)}
     if cell.description:
         tags["mlflow.note.content"] = cell.description
     planned = [_planned_run(chain_id, f"{cell.experiment}-{cell.cell_id[:8]}", "RUNNING", tags,

@@ -17,10 +17,10 @@
 from __future__ import annotations
 
 from ..config import ConfigError
-from .resnet import _LAYOUT, build_resnet
-from .vit import _SIZES, build_vit
+from .resnet import RESNET_LAYOUTS, build_resnet
+from .vit import VIT_SIZES, build_vit
 
-BACKBONES = {**{name: build_resnet for name in _LAYOUT}, **{name: build_vit for name in _SIZES}}
+BACKBONES = {**{name: build_resnet for name in RESNET_LAYOUTS}, **{name: build_vit for name in VIT_SIZES}}
 
 
 def build_backbone(cfg):

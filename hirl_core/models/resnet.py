@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-_LAYOUT = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
-           "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3])}
+RESNET_LAYOUTS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+                  "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3])}
 
 
 class ResNetTrunk(ResNet):
@@ -18,7 +18,7 @@ class ResNetTrunk(ResNet):
 
     def __init__(self, arch: str, width: int = 64, in_chans: int = 3, small_stem: bool = False,
                  stem_stride: int = 1, zero_init_residual: bool = False):
-        block, layers = _LAYOUT[arch]
+        block, layers = RESNET_LAYOUTS[arch]
         super().__init__(block, layers, zero_init_residual=zero_init_residual)
         if width != 64 or small_stem or in_chans != 3:
             self._rebuild(block, layers, width, in_chans, small_stem, stem_stride, zero_init_residual)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+VIT_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
 def sincos_2d(dim: int, grid_h: int, grid_w: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -69,7 +69,7 @@ class ViTTrunk(VisionTransformer):
     def __init__(self, arch: str, image_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  drop_path_rate: float = 0.0, qkv_bias: bool = True, pos_embed: str = "learned",
                  weight_init: str = "timm", mask_token: bool = False, depth: int | None = None):
-        dim, default_depth, heads = _SIZES[arch]
+        dim, default_depth, heads = VIT_SIZES[arch]
         depth = depth or default_depth  # fewer blocks: CPU demos and tests
         super().__init__(img_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
                          embed_dim=dim, depth=depth, num_heads=heads, qkv_bias=qkv_bias,

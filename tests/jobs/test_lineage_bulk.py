@@ -54,7 +54,7 @@ def test_a_sweep_made_in_parallel_against_a_server_has_every_run_once(tmp_path, 
     assert [{k: v.run_id for k, v in r.items()} for r in again] == [{k: v.run_id for k, v in r.items()} for r in runs]
     c = lineage.client(server)
     exp = c.get_experiment_by_name("sweep")
-    every = lineage._search_all(c, exp.experiment_id)
+    every = lineage.search_all(c, exp.experiment_id)
     chains = [r for r in every if r.data.tags.get("hirl.kind") == "chain"]
     stages = [r for r in every if "hirl.stage" in r.data.tags]
     assert len(chains) == 4 and len(stages) == 8 and len(every) == 13

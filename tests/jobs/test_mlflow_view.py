@@ -15,7 +15,7 @@ def test_the_experiment_opens_in_the_model_training_view(root):
     cell = compile_cell(load_experiment("demo", root=root))
     lineage.ensure_chain(cell, "local")
     assert c.get_experiment(old).tags[mlflow_view.KIND_TAG] == "custom_model_development"
-    lineage._experiment_id(c, "fresh", create=True)
+    lineage.experiment_id_of(c, "fresh", create=True)
     assert c.get_experiment_by_name("fresh").tags[mlflow_view.KIND_TAG] == "custom_model_development"
     assert mlflow_view.latest_experiment(c).experiment_id == old
     assert mlflow_view.runs_url("127.0.0.1", 5000, old).endswith(

@@ -124,7 +124,7 @@ def test_a_stage_whose_upstream_run_differs_is_not_reused(root):
     c = lineage.client()
     cell = write_spec(root, {**PRETRAIN, **KNN})
     newest = lineage.find_chain("grow", write_spec(root, PRETRAIN).cell_id)
-    (newer,) = lineage._latest_stage_runs(c, newest.info.experiment_id, newest.info.run_id).values()
+    (newer,) = lineage.latest_stage_runs(c, newest.info.experiment_id, newest.info.run_id).values()
     runs = lineage.ensure_chain(cell, "local")  # the first cell's chain, found again by its id
     assert runs["pretrain"].run_id != newer.info.run_id and not runs["pretrain"].reused_from  # its own, kept
 

@@ -67,7 +67,7 @@ def ran(order):
 def all_runs():
     c = lineage.client()
     exp = c.get_experiment_by_name("sweep")
-    return lineage._search_all(c, exp.experiment_id) if exp else []
+    return lineage.search_all(c, exp.experiment_id) if exp else []
 
 
 def test_a_sweep_runs_with_one_command_and_is_one_unit_in_mlflow(root, monkeypatch, capsys):

@@ -11,7 +11,7 @@ def test_an_ended_sweep_holds_its_report_and_its_chains_their_numbers(root, monk
     assert cli.main(["submit", "sweep"]) == 0
     c = lineage.client()
     exp = c.get_experiment_by_name("sweep")
-    runs = lineage._search_all(c, exp.experiment_id)
+    runs = lineage.search_all(c, exp.experiment_id)
     (sweep_run,) = [r for r in runs if r.data.tags.get("hirl.kind") == "sweep"]
     assert sweep_run.info.status == "FINISHED"
     arts = {a.path for a in c.list_artifacts(sweep_run.info.run_id, "report")}
