@@ -54,7 +54,7 @@ class Rule:
         raise NotImplementedError
 
 
-def _is_int(value):
+def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to a config
 
 
@@ -78,7 +78,7 @@ class Num(Rule):
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def _type_ok(self, value):
-        return _is_int(value) or isinstance(value, float)
+        return is_int(value) or isinstance(value, float)
 
     def _problem(self, value):
         if not self._type_ok(value):
@@ -99,7 +99,7 @@ class Int(Num):
     kind = "an integer"
 
     def _type_ok(self, value):
-        return _is_int(value)
+        return is_int(value)
 
 
 class Bool(Rule):

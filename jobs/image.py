@@ -42,7 +42,8 @@ LABEL_ARGS = ("REVISION",)        # the commit is a label; the same content unde
 ALLOWED_ARGS = ("BASE_IMAGE", "FAISS_PACKAGE", "VERSION", "SOURCE") + SOURCE_ONLY_ARGS + LABEL_ARGS
 RECORD = Path(".hirl") / "images.json"
 REPOSITORY = re.compile(r"(?:[a-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
-DIGEST_REF = re.compile(r"@sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST_REF = re.compile(rf"@{DIGEST.pattern}$")   # an image reference pinned by digest
 
 
 # -- what goes in, and its hash ------------------------------------------------------------------
@@ -307,7 +308,7 @@ def _with_heartbeat(stream, out, what, every=20.0):
 
 
 def _digest_in(text):
-    m = re.search(r"sha256:[0-9a-f]{64}", text or "")
+    m = DIGEST.search(text or "")
     return m.group(0) if m else None
 
 

@@ -24,6 +24,7 @@ import copy
 import re
 
 from hirl_core.config import closest
+from hirl_core.schema import is_int
 
 from . import names
 from .errors import SpecError
@@ -35,17 +36,13 @@ _MEM_FACTOR_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _pos_int(v, where):
-    if not _is_int(v) or v < 1:
+    if not is_int(v) or v < 1:
         raise SpecError(f"{where} must be a positive integer, got {v!r}")
 
 
 def _nonneg_int(v, where):
-    if not _is_int(v) or v < 0:
+    if not is_int(v) or v < 0:
         raise SpecError(f"{where} must be a whole number (0 or more), got {v!r}")
 
 
