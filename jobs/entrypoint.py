@@ -2,6 +2,7 @@
 
     python -m jobs.entrypoint pretrain -c outputs/.../config.yaml      # inside an allocation
     python -m jobs.entrypoint -- <any command>                         # same environment, own command
+    python -m jobs.entrypoint --pod torchrun ... -m jobs.entrypoint ...  # a pod's main process
 
 Discovers the torch distributed environment from SLURM's (``SLURM_PROCID``/``SLURM_NTASKS``/
 ``SLURM_LOCALID``/``SLURM_JOB_NODELIST``), from a Kubernetes Indexed Job/JobSet pod's
@@ -13,6 +14,15 @@ did. It is the image's entrypoint. ``MASTER_ADDR`` is the allocation's first hos
 ``MASTER_PORT`` is derived from the job id *and* the restart count, so a requeued job never meets
 a stale rendezvous of its previous attempt (submitit #1613). The attempt counts SLURM requeues and
 JobSet gang restarts (``JOBSET_RESTART_ATTEMPT``); a restart resumes into the same MLflow run.
+
+Failures a restart cannot fix end the job for good: out of memory (the same job runs out again) and
+bad input (exit 2: the stage's one-line refusal of its config; 126/127: the stage cannot start). The
+entrypoint exits ``FINAL_EXIT`` on out of memory (bad input keeps its 2). ``--pod`` is the main
+process of a Kubernetes pod: it runs torchrun, which exits 1 for any failure of its workers, and
+exits ``FINAL_EXIT`` when one of them failed for good (each worker says so in ``$HIRL_FINAL_FILE``),
+so that the Job's ``podFailurePolicy`` (FailJob on exit codes 2 and ``FINAL_EXIT``) fails the Job and
+JobSet does not restart the gang into the same failure. Anything else (exit 1, a node fault, a
+signal) is retried by the scheduler while its restarts last.
 
 ``StageCommand`` is what the SLURM backend hands to submitit: a picklable callable holding only
 argv and environment strings. Nothing live is pickled at submit time, so a requeued job rebuilds
@@ -38,6 +48,9 @@ PORT_BASE, PORT_SPAN = 20000, 20000
 LOG_ARTIFACT = "logs/log-tail.txt"          # the end of the stage's log, kept by its run (pods and nodes go)
 TAIL_BYTES, TAIL_LINES = 1 << 20, 2000
 INTERRUPTED = (143, 130, -15, -12, -2)      # SIGTERM/SIGUSR2/SIGINT, as exit code or -signal
+FINAL_EXIT = 86                             # failed for good: the scheduler must not retry (podFailurePolicy)
+USAGE_EXITS = (2, 126, 127)                 # bad input (the stage's refusal), cannot execute, not found
+FINAL_FILE_ENV = "HIRL_FINAL_FILE"          # where a pod's workers note a final failure for ``--pod``
 # Exit-log patterns. Out-of-memory is the job's own fault: retrying wastes the allocation.
 OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|torch\.OutOfMemoryError|MemoryError|"
                  r"oom-kill|oom_kill|Out Of Memory|Cannot allocate memory", re.IGNORECASE)
@@ -191,6 +204,11 @@ def classify(returncode, log_tail=""):
     if returncode in INTERRUPTED:
         return "interrupted"
     return "error"
+
+
+def is_final(returncode, outcome):
+    """True for a failure that a restart cannot fix: out of memory, or bad input (``USAGE_EXITS``)."""
+    return outcome == "oom" or (outcome != "ok" and returncode in USAGE_EXITS)
 
 
 # -- MLflow from rank 0 --------------------------------------------------------------------------
@@ -358,6 +376,10 @@ def main(argv=None):
         print(__doc__.split("\n\n")[1])
         return 0 if args else 2
     env = dict(os.environ)
+    if args[0] == "--pod":  # the pod's main process: torchrun's launcher, which starts this module per rank
+        from .stage_supervise import launch_pod
+
+        return launch_pod(args[1:], env)
     env.update(dist_env(env) or k8s_env(env))
     command = args[1:] if args[0] == "--" else launch_argv(stage_argv(args[0], "", None)[:4] + args[1:], env)
     from .stage_supervise import supervise

@@ -113,3 +113,38 @@ def test_a_stage_that_cannot_start_fails_its_run(chain):
                           env=_pod_env(cell, run_id, uri), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 127 and "cannot start the stage" in proc.stderr
     assert lineage.run_status(run_id, uri) == "FAILED"
+
+
+def test_an_oom_exits_final_and_fails_its_run_at_once_whatever_restarts_are_left(chain):
+    """Out of memory would only fail again: the entrypoint exits FINAL_EXIT (the pod's podFailurePolicy
+    fails the Job, JobSet does not restart the gang) and settles the run FAILED now."""
+    cell, run_id, uri = chain
+    env = _pod_env(cell, run_id, uri, HIRL_MAX_RESTARTS="3", JOBSET_RESTART_ATTEMPT="0")
+    proc = _entrypoint("import sys; print('torch.OutOfMemoryError: CUDA out of memory.'); sys.exit(1)", env)
+    proc.communicate(timeout=120)
+    assert proc.returncode == ep.FINAL_EXIT
+    status, tags = lineage.run_state(run_id, uri)
+    assert status == "FAILED" and tags["hirl.failure"] == "oom" and "hirl.retry_reason" not in tags
+
+
+@pytest.mark.parametrize("script, code", [
+    ("import sys; print('CUDA out of memory'); sys.exit(1)", ep.FINAL_EXIT),   # OOM
+    ("import sys; print('hirl_core: error: bad key'); sys.exit(2)", ep.FINAL_EXIT),  # bad input
+    ("import sys; sys.exit(1)", 1),                                            # anything else: retried
+    ("import sys; sys.exit(0)", 0),
+])
+def test_the_pod_launcher_exits_final_when_a_worker_failed_for_good(tmp_path, script, code):
+    """``--pod``: the pod's main process runs torchrun (here: the worker itself) and exits FINAL_EXIT when
+    one of its workers failed in a way a restart cannot fix, since torchrun itself exits 1 for any failure."""
+    env = subprocess_env(PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "jobs.entrypoint", "--pod", sys.executable, "-m", "jobs.entrypoint",
+                           "--", sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert ep.FINAL_FILE_ENV not in env
+
+
+def test_final_failures():
+    assert [ep.is_final(c, ep.classify(c, log)) for c, log in (
+        (1, "CUDA out of memory"), (2, ""), (127, ""), (1, ""), (143, ""), (1, "NCCL error"), (0, ""))] == [
+        True, True, True, False, False, False, False]
