@@ -7,6 +7,25 @@ of ``nodes`` indexed pods, DNS hostnames so pod 0 is the c10d rendezvous, gang r
 ``failurePolicy.maxRestarts``) or, with ``resources.k8s.workload: indexed-job``, a batch/v1 Indexed
 Job plus the headless Service that gives pod 0 its name.
 
+Failures (``jobs.entrypoint``): the pod's main process is ``python -m jobs.entrypoint --pod torchrun
+...``, which exits ``FINAL_EXIT`` when a rank failed for good (out of memory, bad input). The Job's
+``podFailurePolicy`` fails the Job on that exit (and on 2), and the JobSet's ``failurePolicy.rules``
+then fail the JobSet (``FailJobSet`` on reason ``PodFailurePolicy``) instead of restarting the gang
+into the same failure. A pod the cluster disrupts (preemption, eviction, node drain: the pod
+condition ``DisruptionTarget``) fails its Job too, and JobSet restarts the whole gang without counting
+it against ``maxRestarts`` (``RestartJobSetAndIgnoreMaxRestarts``, matched on the Job controller's
+message): a single replacement pod could not rejoin the gang's rendezvous. Every other failure
+(exit 1, a node fault) restarts the gang, counted. An Indexed Job (no gang restarts) replaces a
+disrupted pod (``Ignore``) and fails at once on a final failure.
+
+Grace period: ``terminationGracePeriodSeconds`` (``grace_period_s``, 300 s) is passed on to torchrun
+as ``--shutdown-timeout`` (less a margin), which otherwise kills its workers 30 s after SIGTERM. What
+it buys (``hirl_core.engine.lifecycle``): a SIGTERM during the write of an epoch's checkpoint waits
+until that checkpoint and its metrics are written, then the run ends KILLED; the work done since
+the last epoch's checkpoint is done again by the restarted gang, which resumes from that checkpoint
+into the same run. Each gang gets a fresh c10d rendezvous id: ``<run id>-<attempt>-<restart>``, the
+kubelet expanding ``$(JOBSET_RESTART_ATTEMPT)`` from the pod's restart-attempt label.
+
 Everything here is a function of its arguments: no clock, no cluster, no environment, so
 ``hirl plan --backend k8s --out DIR`` is golden-testable. User text never becomes a name or label
 raw (``jobs.names`` slugs it); configs travel as ConfigMap data. No secret is ever rendered: the
@@ -19,9 +38,12 @@ from dataclasses import dataclass
 
 import yaml
 
+import json
+
 from hirl_core.config import dumps_config
 
 from .. import names, resources as res
+from ..entrypoint import FINAL_EXIT, int_or_zero
 from . import common
 from .base import BackendError
 
@@ -41,6 +63,15 @@ DEFAULTS = {"namespace": "hirl", "workload": "jobset", "max_restarts": 3, "grace
             "mlflow_configmap": "hirl-mlflow", "mlflow_secret": "hirl-mlflow-auth",
             "service_account": "hirl-workflow"}
 CREDENTIAL_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+CONTAINER = "stage"
+FINAL_EXITS = [2, FINAL_EXIT]           # bad input, and whatever jobs.entrypoint --pod found final (OOM)
+SHUTDOWN_MARGIN_S = 15                  # torchrun kills its workers this long before the kubelet would
+DISRUPTION = {"type": "DisruptionTarget", "status": "True"}  # preempted, evicted, drained: not the job's fault
+# The Job controller's failure message when a pod condition matched a FailJob rule (pod_failure_policy.go)
+DISRUPTION_MESSAGE = "has condition DisruptionTarget matching FailJob rule"
+# etcd keeps an object under ~1.5 MiB, and Argo writes the Workflow's status (a node per task) into the
+# same object (no status subresource): the rendered Workflow must leave room for it.
+MAX_WORKFLOW_BYTES = 1 << 20
 
 
 @dataclass
@@ -104,10 +135,6 @@ def labels(cell, submission, stage=None, run_id=""):
 
 
 # -- the pod ---------------------------------------------------------------------------------------
-def _int(settings, key):
-    return int(settings.get(key) or 0)
-
-
 def rendezvous_host(job):
     name = workload_name(job.cell, job.stage, job.submission)
     if job.settings["workload"] == "jobset":  # <jobset>-<replicated job>-<job index>-<pod index>.<subdomain>
@@ -115,27 +142,44 @@ def rendezvous_host(job):
     return f"{name}-0.{name}"  # Indexed Job: <job>-<index>.<service>
 
 
+def shutdown_timeout(grace_s):
+    """torchrun's wait for its workers after SIGTERM: the pod's grace period less a margin (at most half)
+    in which torchrun and ``jobs.entrypoint --pod`` exit before the kubelet's SIGKILL."""
+    grace_s = int_or_zero(grace_s)
+    return grace_s - min(SHUTDOWN_MARGIN_S, grace_s // 2)
+
+
+def rendezvous_id(job):
+    """``<run id>-<attempt>``, and for a JobSet ``-<gang restart>``: the kubelet expands
+    ``$(JOBSET_RESTART_ATTEMPT)`` from the container's env, so every gang JobSet recreates rendezvouses
+    under an id of its own and never meets a stale store of the gang before."""
+    rdzv = f"{job.run_id}-{int(job.attempt_base) + 1}"
+    return rdzv + "-$(JOBSET_RESTART_ATTEMPT)" if job.settings["workload"] == "jobset" else rdzv
+
+
 def container_command(job):
-    """(command, args): torchrun with c10d rendezvous at pod 0, one worker per GPU, starting the image's
-    entrypoint (which tags the run from global rank 0 and runs ``python -m hirl_core``)."""
+    """(command, args): the pod launcher (``jobs.entrypoint --pod``: a final failure of a rank becomes
+    the pod's ``FINAL_EXIT``) around torchrun with c10d rendezvous at pod 0, one worker per GPU, each
+    the image's entrypoint (which tags the run from global rank 0 and runs ``python -m hirl_core``)."""
     s = job.settings
-    nodes, gpus = max(1, _int(s, "nodes")), _int(s, "gpus_per_node")
-    attempt = int(job.attempt_base) + 1
-    command = ["torchrun", "--nnodes", str(nodes), "--nproc_per_node", str(gpus or 1),
+    nodes, gpus = max(1, int_or_zero(s.get("nodes"))), int_or_zero(s.get("gpus_per_node"))
+    command = ["python", "-m", "jobs.entrypoint", "--pod",
+               "torchrun", "--nnodes", str(nodes), "--nproc_per_node", str(gpus or 1),
                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{rendezvous_host(job)}:{RDZV_PORT}",
-               "--rdzv_id", f"{job.run_id}-{attempt}", "--max_restarts", "0", "-m", "jobs.entrypoint"]
+               "--rdzv_id", rendezvous_id(job), "--max_restarts", "0",
+               "--shutdown-timeout", str(shutdown_timeout(s.get("grace_period_s"))), "-m", "jobs.entrypoint"]
     return command, [job.stage.type, "-c", f"{CONFIG_DIR}/config.yaml"]
 
 
 def container_env(job):
     s = job.settings
     env = common.stage_env(job.stage, job.run_id, cell=job.cell, attempt_base=job.attempt_base)
-    env.update({"HIRL_IMAGE": job.image, "HIRL_NNODES": str(max(1, _int(s, "nodes"))),
-                "HIRL_NPROC_PER_NODE": str(_int(s, "gpus_per_node") or 1),
+    env.update({"HIRL_IMAGE": job.image, "HIRL_NNODES": str(max(1, int_or_zero(s.get("nodes")))),
+                "HIRL_NPROC_PER_NODE": str(int_or_zero(s.get("gpus_per_node")) or 1),
                 "HIRL_MASTER_ADDR": rendezvous_host(job), "HIRL_MASTER_PORT": str(RDZV_PORT)})
     gang = s["workload"] == "jobset"
     if gang:  # a failed stage whose gang JobSet recreates leaves its run open for the next attempt
-        env["HIRL_MAX_RESTARTS"] = str(_int(s, "max_restarts"))
+        env["HIRL_MAX_RESTARTS"] = str(int_or_zero(s.get("max_restarts")))
     out = [{"name": k, "value": v} for k, v in env.items()]
     if gang:  # the attempt counts JobSet's restarts, which only the pod's own label knows
         out.append({"name": "JOBSET_RESTART_ATTEMPT", "valueFrom": {"fieldRef": {
@@ -149,7 +193,7 @@ def container_env(job):
 
 
 def _resources(s):
-    gpus, nproc = _int(s, "gpus_per_node"), _int(s, "gpus_per_node") or 1
+    gpus, nproc = int_or_zero(s.get("gpus_per_node")), int_or_zero(s.get("gpus_per_node")) or 1
     requests, limits = {}, {}
     if s.get("cpus_per_task"):
         requests["cpu"] = str(int(s["cpus_per_task"]) * nproc)
@@ -162,7 +206,7 @@ def _resources(s):
 
 def pod_spec(job, pod_labels):
     s = job.settings
-    container = {"name": "stage", "image": job.image, "imagePullPolicy": "IfNotPresent", "workingDir": WORKDIR}
+    container = {"name": CONTAINER, "image": job.image, "imagePullPolicy": "IfNotPresent", "workingDir": WORKDIR}
     container["command"], container["args"] = container_command(job)
     container["env"] = container_env(job)
     container["ports"] = [{"name": "rdzv", "containerPort": RDZV_PORT}]
@@ -172,7 +216,7 @@ def pod_spec(job, pod_labels):
                                  {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                                  {"name": "outputs", "mountPath": f"{WORKDIR}/outputs"},
                                  {"name": "data", "mountPath": DATA_DIR, "readOnly": True}]
-    spec = {"restartPolicy": "Never", "terminationGracePeriodSeconds": _int(s, "grace_period_s"),
+    spec = {"restartPolicy": "Never", "terminationGracePeriodSeconds": int_or_zero(s.get("grace_period_s")),
             "securityContext": {"fsGroup": 1000}, "containers": [container]}
     if s.get("priority_class"):
         spec["priorityClassName"] = s["priority_class"]
@@ -180,7 +224,7 @@ def pod_spec(job, pod_labels):
         spec["nodeSelector"] = {POOL_LABEL: s["gpu_pool"]}
     if s.get("tolerations"):
         spec["tolerations"] = [dict(t) for t in s["tolerations"]]
-    if max(1, _int(s, "nodes")) > 1:  # one pod per node: never two of the same stage on one host
+    if max(1, int_or_zero(s.get("nodes"))) > 1:  # one pod per node: never two of the same stage on one host
         spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
             "labelSelector": {"matchLabels": {"hirl/run": pod_labels["hirl/run"]}},
             "topologyKey": "kubernetes.io/hostname"}]}}
@@ -193,9 +237,20 @@ def pod_spec(job, pod_labels):
     return spec
 
 
+def pod_failure_policy(gang):
+    """A final failure (``FINAL_EXITS``) fails the Job at once. A disrupted pod: in a gang JobSet it fails
+    the Job, which JobSet restarts uncounted (``jobset``'s rules); an Indexed Job replaces it (Ignore)."""
+    return {"rules": [
+        {"action": "FailJob" if gang else "Ignore", "onPodConditions": [dict(DISRUPTION)]},
+        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                              "values": list(FINAL_EXITS)}}]}
+
+
 def _job_spec(job, pod_labels, backoff):
-    nodes = max(1, _int(job.settings, "nodes"))
+    nodes = max(1, int_or_zero(job.settings.get("nodes")))
     spec = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": backoff}
+    # needs the pod template's restartPolicy Never (pod_spec)
+    spec["podFailurePolicy"] = pod_failure_policy(job.settings["workload"] == "jobset")
     seconds = res.parse_time_s(job.settings["time"]) if job.settings.get("time") else None
     if seconds:
         spec["activeDeadlineSeconds"] = seconds
@@ -214,13 +269,20 @@ def _meta(job, kind_labels):
 
 
 def jobset(job):
-    """The stage's JobSet: a failed pod fails its Job (backoffLimit 0) and JobSet restarts the whole gang."""
+    """The stage's JobSet: a failed pod fails its Job (backoffLimit 0) and JobSet restarts the whole gang,
+    except after a final failure (FailJobSet) and, uncounted, after a disruption (module docstring)."""
     lab = labels(job.cell, job.submission, job.stage, job.run_id)
     spec = {}
     if job.settings.get("queue"):
         spec["suspend"] = True  # Kueue admits the workload by un-suspending it
     spec["network"] = {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
-    spec["failurePolicy"] = {"maxRestarts": _int(job.settings, "max_restarts"), "restartStrategy": "Recreate"}
+    spec["failurePolicy"] = {"maxRestarts": int_or_zero(job.settings.get("max_restarts")), "restartStrategy": "Recreate",
+                             "rules": [  # the first that matches a failed Job applies; none: RestartJobSet
+                                 {"name": "Disruption", "action": "RestartJobSetAndIgnoreMaxRestarts",
+                                  "onJobFailureReasons": ["PodFailurePolicy"],
+                                  "onJobFailureMessagePatterns": [DISRUPTION_MESSAGE]},
+                                 {"name": "FinalFailure", "action": "FailJobSet",
+                                  "onJobFailureReasons": ["PodFailurePolicy"]}]}
     spec["replicatedJobs"] = [{"name": REPLICATED_JOB, "replicas": 1, "template": {
         "metadata": {"labels": dict(lab)}, "spec": _job_spec(job, lab, 0)}}]
     return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": _meta(job, lab), "spec": spec}
@@ -257,7 +319,7 @@ def workloads(job):
     """[(suffix of the DAG task, manifest, success condition, failure condition)] for one stage."""
     if job.settings["workload"] == "jobset":
         return [("", jobset(job), "status.terminalState == Completed", "status.terminalState == Failed")]
-    nodes = max(1, _int(job.settings, "nodes"))
+    nodes = max(1, int_or_zero(job.settings.get("nodes")))
     return [("svc", headless_service(job), "", ""),
             ("", indexed_job(job), f"status.succeeded == {nodes}", "status.failed > 0")]
 

@@ -17,10 +17,12 @@ What stands in for the cluster, and why it is faithful:
 - ``JOB_COMPLETION_INDEX`` is what the Job controller sets in each pod, and ``JOBSET_RESTART_ATTEMPT`` what
   the kubelet resolves from the rendered downward-API reference to the pod's
   ``jobset.sigs.k8s.io/restart-attempt`` label, which JobSet sets to 0 on the first gang and 1 on the
-  gang it recreates after one restart.
+  gang it recreates after one restart; the kubelet expands ``$(NAME)`` in the command and args from the
+  container's env (``--rdzv_id <run>-<attempt>-$(JOBSET_RESTART_ATTEMPT)``), and so does ``_pods``.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +109,7 @@ def _pods(jobset, config_map, tmp_path, uri, port, restart_attempt):
             env[item["name"]] = str(restart_attempt)
         else:
             assert item["valueFrom"]["secretKeyRef"]["optional"] is True  # no Secret here: left out
+    argv = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in argv]
     return [(argv, {**env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(2)]
 
 
