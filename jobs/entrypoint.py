@@ -212,7 +212,7 @@ def is_final(returncode, outcome):
 
 
 # -- MLflow from rank 0 --------------------------------------------------------------------------
-def _tracking(fn, *args):
+def best_effort_tracking(fn, *args):
     """Best effort: a tracking server hiccup must not fail a training job."""
     try:
         from . import lineage
@@ -229,7 +229,7 @@ def mark_started(env):
         return
     tags = {"hirl.attempt": str(attempt(env)), "hirl.job_id": job_id(env),
             "hirl.nodes": env.get("SLURM_JOB_NODELIST", "")}
-    _tracking(lambda lin: lin.set_tags(run_id, {k: v for k, v in tags.items() if v}))
+    best_effort_tracking(lambda lin: lin.set_tags(run_id, {k: v for k, v in tags.items() if v}))
 
 
 def mark_ended(env, outcome, detail=""):
@@ -251,9 +251,9 @@ def mark_ended(env, outcome, detail=""):
     def close_chain(lin):  # nobody watches a cluster's chain: the stage that ends it closes the chain run
         if env.get("HIRL_EXPERIMENT") and env.get("HIRL_CELL"):
             lin.end_chain(env["HIRL_EXPERIMENT"], env["HIRL_CELL"])
-    _tracking(update)
+    best_effort_tracking(update)
     if outcome != "interrupted":  # a requeue follows an interruption: the chain is not over
-        _tracking(close_chain)
+        best_effort_tracking(close_chain)
 
 
 # -- the submitit callable -------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def _retry_elsewhere(env):
         return False
     marker.write_text(node + "\n")
     print(f"[hirl] node fault on {node}: requeue job {jid} once without it", file=sys.stderr, flush=True)
-    _tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"node fault on {node}"})
+    best_effort_tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"node fault on {node}"})
               if env.get("MLFLOW_RUN_ID") else None)
     if subprocess.run(["scontrol", "requeue", jid], check=False).returncode != 0:
         return False

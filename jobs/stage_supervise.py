@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 
-from .entrypoint import (FINAL_EXIT, FINAL_FILE_ENV, LOG_ARTIFACT, TAIL_BYTES, TAIL_LINES, USAGE_EXITS, _tracking,
+from .entrypoint import (FINAL_EXIT, FINAL_FILE_ENV, LOG_ARTIFACT, TAIL_BYTES, TAIL_LINES, USAGE_EXITS, best_effort_tracking,
                          attempt, classify, global_rank, is_final, mark_ended, mark_started, restart_follows)
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)  # the stage checkpoints on them
@@ -32,7 +32,7 @@ def keep_log_tail(env, text):
     if not run_id or not text or global_rank(env) != 0:
         return
     tail = "".join(text.splitlines(keepends=True)[-TAIL_LINES:])[-TAIL_BYTES:]
-    _tracking(lambda lin: lin.client().log_text(run_id, tail, LOG_ARTIFACT))
+    best_effort_tracking(lambda lin: lin.client().log_text(run_id, tail, LOG_ARTIFACT))
 
 
 DETAIL = {"oom": ": out of memory, not retried", "node": ": node fault (NCCL/ECC), already retried once",
@@ -55,7 +55,7 @@ def end_stage(env, code, log_tail=""):
             print(f"[hirl] warning: cannot note the final failure in {env[FINAL_FILE_ENV]}: {exc}", file=sys.stderr)
     if outcome != "ok" and not final and restart_follows(env):  # OOM, bad input would only fail again
         if env.get("MLFLOW_RUN_ID") and global_rank(env) == 0:
-            _tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"{outcome}: {detail}"}))
+            best_effort_tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"{outcome}: {detail}"}))
         return outcome, detail
     mark_ended(env, outcome, detail)
     return outcome, detail

@@ -33,7 +33,7 @@ def _say(message):
     print(message, flush=True)
 
 
-def _message(exc):
+def api_message(exc):
     try:
         return json.loads(exc.body)["message"]
     except Exception:  # noqa: BLE001 - not a Status body
@@ -85,7 +85,7 @@ class K8sBackend(Backend):
         return files
 
     # -- the cluster ----------------------------------------------------------------------------
-    def _api(self):
+    def kube(self):
         """The kubernetes client module, configured from $KUBECONFIG (or in-cluster)."""
         if self._k is None:
             try:
@@ -105,7 +105,7 @@ class K8sBackend(Backend):
             self._k = client
         return self._k
 
-    def _call(self, fn, *args, what="", **kwargs):
+    def call(self, fn, *args, what="", **kwargs):
         """One API call; a cluster that does not answer is one BackendError line."""
         from kubernetes.client.rest import ApiException
 
@@ -114,7 +114,7 @@ class K8sBackend(Backend):
         except ApiException:
             raise
         except Exception as exc:  # noqa: BLE001 - urllib3's connection errors and timeouts
-            host = self._api().Configuration.get_default_copy().host
+            host = self.kube().Configuration.get_default_copy().host
             raise BackendError(f"the Kubernetes API at {host} does not answer ({type(exc).__name__}) while "
                                f"{what}; check KUBECONFIG, or start the dev API server: make dev-k8s-up") from None
 
@@ -122,18 +122,18 @@ class K8sBackend(Backend):
         """Create one object (or have the server dry-run it); a refusal is one line naming the object."""
         from kubernetes.client.rest import ApiException
 
-        k, meta = self._api(), obj["metadata"]
+        k, meta = self.kube(), obj["metadata"]
         what = f"creating {obj['kind']} {meta['name']}"
         extra = {"dry_run": "All"} if dry_run else {}
         try:
             if obj["kind"] in ("JobSet", "Workflow"):
                 group, version, plural = kr.JOBSET_API if obj["kind"] == "JobSet" else kr.WORKFLOW_API
-                return self._call(k.CustomObjectsApi().create_namespaced_custom_object, group, version,
+                return self.call(k.CustomObjectsApi().create_namespaced_custom_object, group, version,
                                   meta["namespace"], plural, obj, field_validation="Strict", what=what, **extra)
             if obj["kind"] == "Job":
-                return self._call(k.BatchV1Api().create_namespaced_job, meta["namespace"], obj, what=what, **extra)
+                return self.call(k.BatchV1Api().create_namespaced_job, meta["namespace"], obj, what=what, **extra)
             if obj["kind"] == "Service":
-                return self._call(k.CoreV1Api().create_namespaced_service, meta["namespace"], obj, what=what,
+                return self.call(k.CoreV1Api().create_namespaced_service, meta["namespace"], obj, what=what,
                                   **extra)
         except ApiException as exc:
             if exc.status == 404:
@@ -142,7 +142,7 @@ class K8sBackend(Backend):
                                    + ("" if obj["kind"] != "Job" else ", or use resources.k8s.workload: jobset")
                                    ) from None
             raise BackendError(f"the API server refuses {obj['kind']} {meta['name']}: "
-                               f"{' '.join(_message(exc).split())}") from None
+                               f"{' '.join(api_message(exc).split())}") from None
         return None  # a ConfigMap: only the Workflow creates it (validated offline in the tests)
 
     def _check(self, wf):
@@ -234,7 +234,7 @@ class K8sBackend(Backend):
         for status, tags in states.values():
             wf_name, ns = tags.get("hirl.k8s_workflow", ""), tags.get("hirl.k8s_namespace", "")
             if status in OPEN and wf_name:
-                wf = self._get_workflow(ns, wf_name)
+                wf = self.get_workflow(ns, wf_name)
                 if wf is not None and (wf.get("status") or {}).get("phase") not in WF_DONE:
                     return wf_name
         return ""
@@ -255,24 +255,24 @@ class K8sBackend(Backend):
         from kubernetes.client.rest import ApiException
 
         try:
-            return self._call(fn, *args, what="reading the stage objects")
+            return self.call(fn, *args, what="reading the stage objects")
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise BackendError(f"the API server refuses to read {args[-1]}: {_message(exc)}") from None
+            raise BackendError(f"the API server refuses to read {args[-1]}: {api_message(exc)}") from None
 
-    def _get_workflow(self, ns, name):
+    def get_workflow(self, ns, name):
         group, version, plural = kr.WORKFLOW_API
-        return self._get(self._api().CustomObjectsApi().get_namespaced_custom_object, group, version, ns, plural,
+        return self._get(self.kube().CustomObjectsApi().get_namespaced_custom_object, group, version, ns, plural,
                          name)
 
     def _get_workload(self, tags):
         ns, name = tags.get("hirl.k8s_namespace", ""), tags.get("hirl.k8s_workload", "")
         if tags.get("hirl.k8s_kind") == "Job":
-            job = self._get(self._api().BatchV1Api().read_namespaced_job, name, ns)
-            return None if job is None else self._api().ApiClient().sanitize_for_serialization(job)
+            job = self._get(self.kube().BatchV1Api().read_namespaced_job, name, ns)
+            return None if job is None else self.kube().ApiClient().sanitize_for_serialization(job)
         group, version, plural = kr.JOBSET_API
-        return self._get(self._api().CustomObjectsApi().get_namespaced_custom_object, group, version, ns, plural,
+        return self._get(self.kube().CustomObjectsApi().get_namespaced_custom_object, group, version, ns, plural,
                          name)
 
     def status(self, handles, uri=None):
@@ -291,7 +291,7 @@ class K8sBackend(Backend):
             try:
                 key = (tags["hirl.k8s_namespace"], tags["hirl.k8s_workflow"])
                 if key not in workflows:
-                    workflows[key] = self._get_workflow(*key)
+                    workflows[key] = self.get_workflow(*key)
                 text, final, why = state_of(self._get_workload(tags), workflows[key], tags)
             except BackendError as exc:  # MLflow's states stand alone; nothing is settled from no answer
                 if str(exc) not in _REPORTED:
@@ -310,7 +310,7 @@ class K8sBackend(Backend):
             _status, tags = lineage.run_state(r.run_id, uri)
             if tags.get("hirl.k8s_workflow"):
                 try:
-                    wf = self._get_workflow(tags["hirl.k8s_namespace"], tags["hirl.k8s_workflow"])
+                    wf = self.get_workflow(tags["hirl.k8s_namespace"], tags["hirl.k8s_workflow"])
                 except BackendError:
                     continue
                 if wf is not None and (wf.get("status") or {}).get("phase") not in WF_DONE:

@@ -81,14 +81,14 @@ def state_of(workload, wf, tags):
 # -- cancel ------------------------------------------------------------------------------------------
 def _delete_crds(backend, ns, selector, what):
     """Delete the JobSets (and the Workflows when ``what`` says so) matching ``selector``; their names."""
-    k = backend._api()
+    k = backend.kube()
     co, gone = k.CustomObjectsApi(), []
     apis = [kr.JOBSET_API] + ([kr.WORKFLOW_API] if what == "all" else [])
     from kubernetes.client.rest import ApiException
 
     for group, version, plural in apis:
         try:
-            found = backend._call(co.list_namespaced_custom_object, group, version, ns, plural,
+            found = backend.call(co.list_namespaced_custom_object, group, version, ns, plural,
                                   label_selector=selector, what=f"listing {plural}")
         except ApiException as exc:
             if exc.status == 404:  # the kind is not served here: nothing of it exists
@@ -97,7 +97,7 @@ def _delete_crds(backend, ns, selector, what):
         for item in found.get("items") or []:
             name = item["metadata"]["name"]
             try:
-                backend._call(co.delete_namespaced_custom_object, group, version, ns, plural, name,
+                backend.call(co.delete_namespaced_custom_object, group, version, ns, plural, name,
                               propagation_policy="Background", what=f"deleting {plural} {name}")
                 gone.append(f"{item['kind']} {name}")
             except ApiException as exc:
@@ -110,22 +110,22 @@ def _delete_core(backend, ns, selector):
     """Jobs, Services and ConfigMaps with the labels (indexed-job workloads, the JobSets' Jobs, the configs)."""
     from kubernetes.client.rest import ApiException
 
-    k, gone = backend._api(), []
+    k, gone = backend.kube(), []
     calls = [("Job", k.BatchV1Api().delete_collection_namespaced_job),
              ("ConfigMap", k.CoreV1Api().delete_collection_namespaced_config_map)]
     for kind, fn in calls:
         try:
-            backend._call(fn, ns, label_selector=selector, propagation_policy="Background",
+            backend.call(fn, ns, label_selector=selector, propagation_policy="Background",
                           what=f"deleting {kind}s")
             gone.append(f"{kind}s {selector}")
         except ApiException as exc:
             if exc.status != 404:  # 404: the API is not served here (the dev server has no core/v1)
                 raise BackendError(f"the API server refuses to delete {kind}s: {kr_message(exc)}") from None
     try:  # Services have no delete-collection: one by one
-        items = backend._call(k.CoreV1Api().list_namespaced_service, ns, label_selector=selector,
+        items = backend.call(k.CoreV1Api().list_namespaced_service, ns, label_selector=selector,
                               what="listing Services").items
         for svc in items:
-            backend._call(k.CoreV1Api().delete_namespaced_service, svc.metadata.name, ns, what="deleting a Service")
+            backend.call(k.CoreV1Api().delete_namespaced_service, svc.metadata.name, ns, what="deleting a Service")
     except ApiException as exc:
         if exc.status != 404:
             raise BackendError(f"the API server refuses to delete Services: {kr_message(exc)}") from None
@@ -133,9 +133,9 @@ def _delete_core(backend, ns, selector):
 
 
 def kr_message(exc):
-    from .k8s import _message
+    from .k8s import api_message
 
-    return " ".join(_message(exc).split())
+    return " ".join(api_message(exc).split())
 
 
 def _runs_of(wf):
@@ -162,7 +162,7 @@ def cancel(backend, handles, uri):
         if not wf_name:
             acted += group  # never reached the cluster: only MLflow knows it
             continue
-        wf = backend._get_workflow(ns, wf_name)
+        wf = backend.get_workflow(ns, wf_name)
         ours = {h.run_id for h in group}
         others = [r for r in (_runs_of(wf) if wf is not None else set())
                   if r not in ours and lineage.run_status(r, uri) in OPEN]
@@ -171,7 +171,7 @@ def cancel(backend, handles, uri):
             gone += _delete_core(backend, ns, f"hirl/submission={submission}")
             if wf is not None and f"Workflow {wf_name}" not in gone:  # labels edited by hand: by name
                 group_, version, plural = kr.WORKFLOW_API
-                backend._call(backend._api().CustomObjectsApi().delete_namespaced_custom_object, group_, version,
+                backend.call(backend.kube().CustomObjectsApi().delete_namespaced_custom_object, group_, version,
                               ns, plural, wf_name, what=f"deleting Workflow {wf_name}")
             _say(f"stop submission {submission}: deleted Workflow {wf_name} and what it created "
                  f"({len(gone)} objects) in {ns}")
@@ -204,14 +204,14 @@ def stage_log(backend, handle, rank=None):
     ns = tags.get("hirl.k8s_namespace", "")
     if tags.get("hirl.k8s_workload"):
         try:
-            core = backend._api().CoreV1Api()
-            pods = backend._call(core.list_namespaced_pod, ns, label_selector=f"hirl/run={handle.run_id}",
+            core = backend.kube().CoreV1Api()
+            pods = backend.call(core.list_namespaced_pod, ns, label_selector=f"hirl/run={handle.run_id}",
                                  what="listing the stage's pods").items
             index = str(rank or 0)
             for pod in pods:
                 annotations = pod.metadata.annotations or {}
                 if annotations.get("batch.kubernetes.io/job-completion-index", "0") == index:
-                    return backend._call(core.read_namespaced_pod_log, pod.metadata.name, ns,
+                    return backend.call(core.read_namespaced_pod_log, pod.metadata.name, ns,
                                          what="reading the pod log")
         except (ApiException, BackendError):
             pass  # no pods (gone, or no core API here): the artifact below
