@@ -15,11 +15,11 @@ from hirl_core.data import check_data
 from hirl_core.data.build import build_eval_dataset
 from hirl_core.data.csv_dataset import PLACES205_IMAGES, csv_samples, read_label_csv
 from hirl_core.data.datasets import FileListWithIndex, ImageFolderWithIndex, InMemoryEval
-from hirl_core.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_files
+from hirl_core.data.fashion_mnist import default_root, load_fashion_mnist
 from hirl_core.data.make_transfer_demo import COARSE, MARKER, make_transfer_demo, pretrain_indices, split_indices
 
 REPO = Path(__file__).resolve().parents[2]
-needs_fashion_mnist = pytest.mark.skipif(bool(missing_files(DEBIAN_ROOT)), reason="dataset-fashion-mnist not installed")
+needs_fashion_mnist = pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails (tests/needs_data.py)
 
 
 def _png(path: Path, value: int, size=8, mode="L"):
@@ -150,7 +150,7 @@ def test_the_transfer_demo_holds_unseen_images_in_five_coarse_classes(tmp_path):
     out = make_transfer_demo(tmp_path / "demo")
     marker = json.loads((out / MARKER).read_text())
     assert marker["params"] == {"pretrain_subset": 10000, "subset_seed": 0, "train": 5000, "val": 2000, "seed": 0}
-    images, labels = load_fashion_mnist(DEBIAN_ROOT, "train")
+    images, labels = load_fashion_mnist(default_root(), "train")
     # the pre-training's images, drawn by the real data builder
     pre = build_eval_dataset(Config({"dataset": "fashion_mnist", "train_subset": 10000, "subset_seed": 0,
                                      "image_size": 28}), "train")

@@ -7,7 +7,7 @@ import pytest
 
 from hirl_core.config import Config, ConfigError
 from hirl_core.data import check_data
-from hirl_core.data.fashion_mnist import DEBIAN_ROOT, load_fashion_mnist, missing_files
+from hirl_core.data.fashion_mnist import default_root, load_fashion_mnist, missing_files
 
 
 def _write_idx(path, array, gz):
@@ -37,9 +37,9 @@ def test_truncated_idx_is_an_error(tmp_path):
         load_fashion_mnist(tmp_path, "train")
 
 
-@pytest.mark.skipif(bool(missing_files(DEBIAN_ROOT)), reason="Debian's dataset-fashion-mnist not installed")
+@pytest.mark.fashion_mnist  # skipped without the files; HIRL_REQUIRE_DATA=1 fails (tests/needs_data.py)
 def test_real_fashion_mnist_shapes():
-    x, y = load_fashion_mnist(DEBIAN_ROOT, "test")
+    x, y = load_fashion_mnist(default_root(), "test")
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
     assert sorted(np.bincount(y)) == [1000] * 10
 
