@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import posixpath
 import sys
 
 from hirl_core.config import ConfigError
 
-from . import claim, cli_runs, image, names
+from . import claim, cli_runs, image
 from .backends import BackendError, Plan, available_backends, get_backend
 from .cli_common import (INTERRUPTED_RC, USAGE_RC, counts, load, print_rows, print_sweep,
                          runs_end_on_failure, summary_line)
-from .dag import OUTPUT_ROOT, assign_outputs
+from .dag import assign_outputs
 from .matrix import format_sweep_plan
 from .spec import SpecError
 
@@ -138,13 +137,8 @@ def cmd_plan(args):
         assign_outputs(cell)  # placeholder run ids: nothing exists yet
     text = format_sweep_plan(sweep)
     files = {}
-    if args.out:
-        for cell in sweep.cells:
-            for rel, content in backend.render(Plan(cell, None)).items():
-                if sweep.is_matrix and not rel.startswith(OUTPUT_ROOT + "/"):
-                    head, tail = posixpath.split(rel)  # one per cell: local/<cell>/commands.sh
-                    rel = posixpath.join(head, names.file_name(cell.cell_id), tail)
-                files[rel] = content
+    if args.out:  # what submit would create: one file set per cell, or a sweep's one Workflow (k8s)
+        files.update(backend.render_many([Plan(cell, None) for cell in sweep.cells], matrix=sweep.is_matrix))
     sys.stdout.write(text)
     if args.out:
         files["plan.txt"] = text

@@ -75,6 +75,24 @@ class Backend(ABC):
     def render(self, plan) -> dict:
         """{relative path: file content} of what ``submit`` would run; runs nothing."""
 
+    def render_many(self, plans, matrix=False) -> dict:
+        """The files of a whole submission (``hirl plan --out``): each plan's ``render``, a sweep's
+        (``matrix``) backend files in a folder per cell. A backend that submits a sweep as one object
+        (k8s: one Workflow) renders that object, as ``submit_many`` would create it."""
+        import posixpath
+
+        from .. import names
+        from ..dag import OUTPUT_ROOT
+
+        files = {}
+        for plan in plans:
+            for rel, content in self.render(plan).items():
+                if matrix and not rel.startswith(OUTPUT_ROOT + "/"):
+                    head, tail = posixpath.split(rel)  # one per cell: local/<cell>/commands.sh
+                    rel = posixpath.join(head, names.file_name(plan.cell.cell_id), tail)
+                files[rel] = content
+        return files
+
     @abstractmethod
     def submit(self, plan) -> Submission:
         """Start the plan's stages in DAG order."""

@@ -84,6 +84,22 @@ class K8sBackend(Backend):
         files.update(kr.render_files(jobs, names.short_hash(plan.cell.cell_id, 8)))
         return files
 
+    def render_many(self, plans, matrix=False):
+        """A sweep as ``submit_many`` creates it: one Workflow for every cell (refused in one line when it
+        would be too large for one object), each object it creates in a folder per cell."""
+        from hirl_core.config import dumps_config
+
+        if len(plans) == 1:
+            return self.render(plans[0])
+        files = {}
+        for plan in plans:
+            for stage in plan.cell.stages:
+                files[f"{stage.output_dir}/config.yaml"] = dumps_config(stage.config)
+        jobs = [j for plan in plans for j, _why in self._all_jobs(plan)]
+        submission = names.short_hash("".join(p.cell.cell_id for p in plans), 8)
+        files.update(kr.render_files(jobs, submission, per_cell=True))
+        return files
+
     # -- the cluster ----------------------------------------------------------------------------
     def kube(self):
         """The kubernetes client module, configured from $KUBECONFIG (or in-cluster)."""

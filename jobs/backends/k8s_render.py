@@ -363,11 +363,33 @@ def workflow(jobs, submission):
                 before = [cfg, name] if suffix else before
     wf_labels = {**MANAGED_BY, "hirl/experiment": names.k8s_label_value(first.cell.experiment),
                  "hirl/submission": submission}
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-            "metadata": {"name": submission_name(first.cell.experiment, submission), "namespace": spaces[0],
-                         "labels": wf_labels},
-            "spec": {"entrypoint": "stages", "serviceAccountName": accounts[0],
-                     "templates": [{"name": "stages", "dag": {"tasks": tasks}}] + templates}}
+    wf = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+          "metadata": {"name": submission_name(first.cell.experiment, submission), "namespace": spaces[0],
+                       "labels": wf_labels},
+          "spec": {"entrypoint": "stages", "serviceAccountName": accounts[0],
+                   "templates": [{"name": "stages", "dag": {"tasks": tasks}}] + templates}}
+    _check_size(wf, len(cells))
+    return wf
+
+
+def workflow_json(wf):
+    """The Workflow as the client sends it (compact JSON): what etcd stores."""
+    return json.dumps(wf, separators=(",", ":")).encode()
+
+
+def _check_size(wf, cells):
+    """One line before anything exists when the Workflow (it embeds every manifest it creates) would not
+    fit in one object with the status Argo adds to it."""
+    size = len(workflow_json(wf))
+    if size <= MAX_WORKFLOW_BYTES:
+        return
+    what = f"{cells} cells" if cells > 1 else "one cell"
+    fit = cells * MAX_WORKFLOW_BYTES // size
+    how = (f"submit at most about {fit} cells at a time (CELL=<cell id prefix or key=value,...>, "
+           f"hirl submit --cell)" if fit else "split the cell's stages into experiments of their own")
+    raise BackendError(f"the Workflow for {what} is {size / 1e6:.2f} MB, over the {MAX_WORKFLOW_BYTES / 1e6:.2f} MB "
+                       f"limit of one Workflow (etcd keeps an object under ~1.5 MB and Argo writes its status "
+                       f"into it); {how}")
 
 
 def manifests(wf):
@@ -375,14 +397,16 @@ def manifests(wf):
     return [yaml.safe_load(t["resource"]["manifest"]) for t in wf["spec"]["templates"] if "resource" in t]
 
 
-def render_files(jobs, submission):
-    """{path: YAML}: the Workflow, and each object it creates as a file of its own for reading."""
+def render_files(jobs, submission, per_cell=False):
+    """{path: YAML}: the Workflow, and each object it creates as a file of its own for reading (in a
+    folder per cell, ``k8s/<cell id[:8]>/``, with ``per_cell``: a sweep's one Workflow)."""
     wf = workflow(jobs, submission)
     files = {"k8s/workflow.yaml": to_yaml(wf)}
     for obj in manifests(wf):
         labels_ = obj["metadata"]["labels"]
         stem = labels_.get("hirl/stage", "config")
-        files[f"k8s/{names.file_name(stem)}.{obj['kind'].lower()}.yaml"] = to_yaml(obj)
+        folder = f"k8s/{labels_['hirl/cell'][:8]}" if per_cell else "k8s"
+        files[f"{folder}/{names.file_name(stem)}.{obj['kind'].lower()}.yaml"] = to_yaml(obj)
     return files
 
 
