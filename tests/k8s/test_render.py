@@ -372,3 +372,23 @@ def test_hostile_tolerations_are_refused_in_one_line_or_stay_data(field, value):
     _check_valid(out, value)
     _doc, job = _workload(out)
     assert job["template"]["spec"]["tolerations"] == [toleration]
+
+
+@pytest.mark.parametrize("settings, where", [
+    ({"gpu_pool": "A100.sxm_80-GB"}, lambda pod, meta: pod["nodeSelector"]["hirl/gpu-pool"]),
+    ({"namespace": "n" * 63}, lambda pod, meta: meta["namespace"]),
+    ({"priority_class": "p-" + "1" * 61}, lambda pod, meta: pod["priorityClassName"]),
+    ({"queue": "q" * 63}, lambda pod, meta: meta["labels"]["kueue.x-k8s.io/queue-name"]),
+    ({"tolerations": [{"key": "example.com/Gpu_type", "operator": "Equal", "value": "H100.x_y-z",
+                       "effect": "NoExecute", "tolerationSeconds": 0}]}, lambda pod, meta: pod["tolerations"]),
+])
+def test_edge_of_legal_k8s_settings_render_valid_manifests(settings, where):
+    """The longest and oddest values validation lets through land where they belong, under the real schemas."""
+    kv = pytest.importorskip("kubernetes_validate")
+    out = _render_k8s({**settings, "workload": "indexed-job"})
+    assert not isinstance(out, str), out
+    _check_valid(out, "")
+    doc, job = _workload(out, "indexed-job")
+    value = next(iter(settings.values()))
+    assert where(job["template"]["spec"], doc["metadata"]) == value
+    kv.validate(doc, K8S_VERSION, strict=True)
