@@ -43,7 +43,7 @@ def _kill_after_epoch(proc: subprocess.Popen, out: Path, epoch: int) -> str:
             try:
                 if torch.load(path, weights_only=False)["epoch"] >= epoch:
                     break
-            except Exception:  # replaced while being read: look again
+            except FileNotFoundError:  # atomic_save renames it to checkpoint.prev.pth before the new one lands
                 pass
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
