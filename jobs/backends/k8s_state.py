@@ -196,11 +196,12 @@ def _say(message):
 
 
 # -- logs ----------------------------------------------------------------------------------------------
-def stage_log(backend, handle, rank=None):
-    """The pod log of node ``rank`` (default 0) while pods exist, else the run's log artifact."""
+def stage_log(backend, handle, rank=None, uri=None):
+    """The pod log of node ``rank`` (default 0) while pods exist, else the run's log artifact: rank 0's
+    tail only, so for another rank one line says so and no text comes back (never rank 0's as its)."""
     from kubernetes.client.rest import ApiException
 
-    _status, tags = lineage.run_state(handle.run_id)
+    _status, tags = lineage.run_state(handle.run_id, uri)
     ns = tags.get("hirl.k8s_namespace", "")
     if tags.get("hirl.k8s_workload"):
         try:
@@ -215,7 +216,11 @@ def stage_log(backend, handle, rank=None):
                                          what="reading the pod log")
         except (ApiException, BackendError):
             pass  # no pods (gone, or no core API here): the artifact below
-    text = log_artifact(handle.run_id)  # logs/log-tail.txt, kept by the stage run's entrypoint
+    if rank:  # the artifact is rank 0's tail: showing it as another rank's log would mislead
+        print(f"hirl: no pod of rank {rank} answers for {handle.stage}, and only rank 0's log tail is kept "
+              f"(run {handle.run_id}'s logs/log-tail.txt: hirl logs without --rank)", file=sys.stderr)
+        return ""
+    text = log_artifact(handle.run_id, uri)  # logs/log-tail.txt, kept by the stage run's entrypoint
     if not text and _status != "SCHEDULED":  # a stage that never started: the CLI says so itself
         where = (f"pods of {tags.get('hirl.k8s_kind', 'JobSet')} {ns}/{tags['hirl.k8s_workload']} "
                  f"(kubectl logs -n {ns} -l hirl/run={handle.run_id})" if tags.get("hirl.k8s_workload")
