@@ -216,7 +216,7 @@ class _PhaseTrainer:
         for epoch in range(start, self.epochs):
             t0 = time.perf_counter()
             seed_all(cfg.seed + 7919 * epoch + 104729 * self.info.rank)
-            loss, lr = self._train_epoch(train_set, epoch, steps)
+            loss, lr, images_per_s = self._train_epoch(train_set, epoch, steps)
             top1, top5 = self._evaluate(self.model, val_set)
             r = self.record
             if top1 > r["top1"] or r["best_epoch"] == 0:
@@ -236,13 +236,15 @@ class _PhaseTrainer:
             seconds.append(time.perf_counter() - t0)
             left = sum(seconds) / len(seconds) * (self.epochs - epoch - 1)
             life.say(f"{self.phase} epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  val top-1 {top1:.4f}  "
-                     f"best {r['top1']:.4f} (epoch {r['best_epoch']})  lr {lr:.3g}  ETA {duration(left)}")
+                     f"best {r['top1']:.4f} (epoch {r['best_epoch']})  lr {lr:.3g}  {images_per_s:.0f} img/s  "
+                     f"ETA {duration(left)}")
         return dict(self.record)
 
-    def _train_epoch(self, train_set, epoch: int, steps: int) -> tuple[float, float]:
+    def _train_epoch(self, train_set, epoch: int, steps: int) -> tuple[float, float, float]:
+        """(mean loss, last lr, training images per second over all ranks) of one epoch."""
         total = steps * self.epochs
         self.model.train()  # a LinearProbe keeps its trunk in eval mode
-        loss_sum, n, lr = 0.0, 0, self.base_lr
+        loss_sum, n, lr, seen, t0 = 0.0, 0, self.base_lr, 0, time.perf_counter()
         with Progress(steps, f"{self.phase} epoch {epoch + 1}/{self.epochs}", enabled=self.info.is_main,
                       prefix=f"[{self.stage}] ") as bar:
             for i, (x, y) in enumerate(self._train_batches(train_set, epoch)):
@@ -260,9 +262,11 @@ class _PhaseTrainer:
                 if self.ema is not None:
                     self.ema.update(self.model)
                 loss_sum, n = loss_sum + loss.item(), n + 1
-                bar.update(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.3g}")
+                seen += len(x) * self.info.world_size
+                bar.update(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.3g}",
+                           **{"img/s": f"{seen / (time.perf_counter() - t0):.0f}"})
         mean = all_reduce_mean(torch.tensor(loss_sum / max(1, n), device=self.device)).item()
-        return mean, lr
+        return mean, lr, seen / max(1e-9, time.perf_counter() - t0)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "linear" and self.train_features is None:  # augmented images through the frozen trunk

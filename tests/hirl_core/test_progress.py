@@ -103,3 +103,27 @@ def test_a_pretraining_log_file_reads_one_line_per_epoch(tmp_path):
     assert epochs == ["1", "2", "3"], text
     progress = [line for line in text.splitlines() if re.match(r"\[pretrain\] epoch \d+/3 +\d+% ", line)]
     assert len(progress) <= 3 * 9, text
+
+
+@pytest.mark.fashion_mnist
+def test_a_supervised_log_file_reads_one_line_per_epoch_with_its_throughput(tmp_path):
+    """linear, finetune, semisup and transfer share this loop: epoch, loss, lr, img/s and ETA per epoch."""
+    from ._tiny import perturbed_backbone
+
+    backbone = {"arch": "resnet18", "width": 4, "small_stem": True, "stem_stride": 2, "in_chans": 1}
+    log = tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "hirl_core", "finetune", "-c", str(REPO / "configs/downstream/finetune/finetune_demo.yaml"),
+           f"pretrained={perturbed_backbone(tmp_path / 'pre', backbone)}", f"output_dir={tmp_path / 'out'}",
+           "epochs=3", "batch_size=32", "data.train_subset=256", "data.val_subset=128", "untrained=false"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
+    with open(log, "w") as f:  # as the local backend and SLURM write it: not a terminal
+        res = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                             env={**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    text = log.read_bytes().decode()
+    assert res.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    epochs = re.findall(r"^\[finetune\] pretrained epoch (\d+)/3  loss \d+\.\d{4}  .*  lr \S+  \d+ img/s  ETA \w+$",
+                        text, re.M)
+    assert epochs == ["1", "2", "3"], text
+    progress = [line for line in text.splitlines() if re.match(r"\[finetune\] pretrained epoch \d+/3 +\d+% ", line)]
+    assert len(progress) <= 3 * 9, text
