@@ -103,17 +103,34 @@ def test_only_known_keys_that_are_present_are_checked():
         check_config(Config({"knn": {"k": [0, 20]}}), "knn")
 
 
-def _shipped(kind):
-    if kind == "pretrain":
-        globs = ["configs/pretrain/**/*.yaml", "tests/*/fixtures/configs/pretrain/*.yaml"]
-    else:
-        globs = [f"configs/downstream/{kind}/*.yaml", f"tests/*/fixtures/configs/{kind}/*.yaml"]
-    return sorted(str(p.relative_to(REPO)) for g in globs for p in REPO.glob(g))
+# every stage config the project ships, by the stage type its tree holds (a new tree must be named here)
+TREES = {"configs/pretrain": "pretrain", "configs/downstream/knn": "knn", "configs/downstream/clustering": "clustering",
+         "configs/downstream/linear": "linear", "configs/downstream/imagenet/lincls": "linear",
+         "configs/downstream/finetune": "finetune", "configs/downstream/imagenet/finetune": "finetune",
+         "configs/downstream/semisup": "semisup", "configs/downstream/imagenet/semisup": "semisup",
+         "configs/downstream/transfer": "transfer", "configs/downstream/places205": "transfer"}
 
 
-@pytest.mark.parametrize("stage, path", [(s, p) for s in ("pretrain", "knn", "linear", "finetune") for p in _shipped(s)])
+def _shipped():
+    found = [(stage, p) for tree, stage in TREES.items() for p in (REPO / tree).rglob("*.yaml")]
+    found += [(p.parent.name, p) for p in REPO.glob("tests/*/fixtures/configs/*/*.yaml") if p.parent.name in TREES.values()]
+    return sorted((stage, str(p.relative_to(REPO))) for stage, p in found)
+
+
+def test_every_shipped_config_is_in_a_known_tree():
+    trees = {str(Path(p).parent) for _, p in _shipped()}
+    everywhere = {str(p.parent.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                  if "experiments" not in p.relative_to(REPO / "configs").parts}
+    assert everywhere <= trees, sorted(everywhere - trees)
+    assert {stage for stage, _ in _shipped()} == set(schema.SCHEMAS)
+
+
+@pytest.mark.parametrize("stage, path", _shipped())
 def test_every_shipped_config_passes_the_schema(stage, path):
-    check_config(load_config(REPO / path), stage)
+    cfg = load_config(REPO / path)
+    if path.startswith("configs/"):  # the test fixtures leave the runner to the spec
+        assert cfg.runner == stage, path
+    check_config(cfg, stage)
 
 
 def test_the_registries_list_the_schemas_names():
