@@ -115,15 +115,62 @@ def test_a_supervised_log_file_reads_one_line_per_epoch_with_its_throughput(tmp_
     cmd = [sys.executable, "-m", "hirl_core", "finetune", "-c", str(REPO / "configs/downstream/finetune/finetune_demo.yaml"),
            f"pretrained={perturbed_backbone(tmp_path / 'pre', backbone)}", f"output_dir={tmp_path / 'out'}",
            "epochs=3", "batch_size=32", "data.train_subset=256", "data.val_subset=128", "untrained=false"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
-    with open(log, "w") as f:  # as the local backend and SLURM write it: not a terminal
-        res = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                             env={**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
-    text = log.read_bytes().decode()
-    assert res.returncode == 0, text[-2000:]
+    text = _log_file(cmd, log)
     assert "\r" not in text
     epochs = re.findall(r"^\[finetune\] pretrained epoch (\d+)/3  loss \d+\.\d{4}  .*  lr \S+  \d+ img/s  ETA \w+$",
                         text, re.M)
     assert epochs == ["1", "2", "3"], text
     progress = [line for line in text.splitlines() if re.match(r"\[finetune\] pretrained epoch \d+/3 +\d+% ", line)]
     assert len(progress) <= 3 * 9, text
+
+
+def _log_file(cmd: list[str], log: Path) -> str:
+    """The output of a stage run by hand (untracked) into the file `log`, as the local backend and SLURM
+    write it (not a terminal), with every byte kept; the run must succeed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
+    with open(log, "w") as f:
+        res = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                             env={**env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    text = log.read_bytes().decode()  # read_text() would turn each "\r" into a newline
+    assert res.returncode == 0, text[-2000:]
+    return text
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    from ._tiny import perturbed_backbone
+
+    backbone = {"arch": "resnet18", "width": 4, "small_stem": True, "stem_stride": 2, "in_chans": 1}
+    return perturbed_backbone(tmp_path_factory.mktemp("pretrained") / "pre", backbone)
+
+
+# the evaluation stages at their tiniest (the pre-trained phase only): stage, config, epochs, overrides
+EVAL_LOGS = [
+    ("knn", "knn/knn_demo.yaml", 0, ["data.train_subset=256", "data.val_subset=128", "knn.k=[10]"]),
+    ("clustering", "clustering/clustering_demo.yaml", 0,
+     ["data.val_subset=256", "clustering.nredo=1", "clustering.niter=5", "clustering.tree=false"]),
+    ("linear", "linear/linear_demo.yaml", 2, ["batch_size=64", "data.train_subset=256", "data.val_subset=128"]),
+    ("semisup", "semisup/semisup_demo_10percent.yaml", 2,
+     ["batch_size=32", "data.train_subset=640", "data.val_subset=128", "semisup.fraction=0.1"]),
+    ("transfer", "transfer/transfer_demo.yaml", 2, ["batch_size=256", "data.root={tmp}/fashion_mnist_coarse5"]),
+]
+
+
+@pytest.mark.fashion_mnist
+@pytest.mark.parametrize("stage, config, epochs, overrides", EVAL_LOGS, ids=[e[0] for e in EVAL_LOGS])
+def test_an_evaluation_log_file_reads_one_line_per_epoch(tmp_path, tiny_pretrained, stage, config, epochs, overrides):
+    """No carriage return; a trained stage writes one epoch line (loss, lr, img/s, ETA) per epoch; progress
+    lines stay few (at most nine per epoch or feature pass) and little else is written."""
+    cmd = [sys.executable, "-m", "hirl_core", stage, "-c", str(REPO / "configs/downstream" / config),
+           f"pretrained={tiny_pretrained}", f"output_dir={tmp_path / 'out'}", "untrained=false",
+           *([f"epochs={epochs}"] if epochs else []), *(o.format(tmp=tmp_path) for o in overrides)]
+    text = _log_file(cmd, tmp_path / "log.txt")
+    assert "\r" not in text
+    lines = text.splitlines()
+    epoch_lines = re.findall(rf"^\[{stage}\] pretrained epoch (\d+)/{epochs}  loss \d+\.\d{{4}}  .*  lr \S+  "
+                             r"\d+ img/s  ETA \w+$", text, re.M) if epochs else []
+    assert epoch_lines == [str(e + 1) for e in range(epochs)], text
+    progress = [line for line in lines if re.search(r" \d+% \d+/\d+", line)]
+    assert len(progress) <= 9 * (epochs + 2), text
+    assert len(lines) - len(epoch_lines) - len(progress) <= 6, text  # the results and a header or two
+    assert any(line.startswith(f"[{stage}] ") for line in lines), text
