@@ -11,7 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = ["tests/e2e/test_demo_chain.py", "tests/e2e/test_resume_methods.py", "tests/jobs/test_sweep_e2e.py",
-          "tests/hirl_core/test_interrupt.py::test_sigterm_right_after_a_checkpoint_still_logs_that_epoch"]
+          "tests/hirl_core/test_interrupt.py::test_sigterm_right_after_a_checkpoint_still_logs_that_epoch",
+          "tests/hirl_core/test_data.py::test_real_fashion_mnist_shapes"]
 
 
 def _pytest(target, data, **env):
