@@ -325,8 +325,8 @@ def _retry_elsewhere(env):
         return False
     marker.write_text(node + "\n")
     print(f"[hirl] node fault on {node}: requeue job {jid} once without it", file=sys.stderr, flush=True)
-    best_effort_tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"node fault on {node}"})
-              if env.get("MLFLOW_RUN_ID") else None)
+    if env.get("MLFLOW_RUN_ID"):
+        best_effort_tracking(lambda lin: lin.set_tags(env["MLFLOW_RUN_ID"], {"hirl.retry_reason": f"node fault on {node}"}))
     if subprocess.run(["scontrol", "requeue", jid], check=False).returncode != 0:
         return False
     # ExcNodeList can only change once the job is pending again; SIGTERM is bypassed by submitit

@@ -11,6 +11,7 @@ supervised child that gets the signals its parent gets. Only global rank 0 talks
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,8 +20,9 @@ import sys
 import tempfile
 import threading
 
-from .entrypoint import (FINAL_EXIT, FINAL_FILE_ENV, LOG_ARTIFACT, TAIL_BYTES, TAIL_LINES, USAGE_EXITS, best_effort_tracking,
-                         attempt, classify, global_rank, is_final, mark_ended, mark_started, restart_follows)
+from .entrypoint import (FINAL_EXIT, FINAL_FILE_ENV, LOG_ARTIFACT, TAIL_BYTES, TAIL_LINES, USAGE_EXITS, attempt,
+                         best_effort_tracking, classify, global_rank, is_final, mark_ended, mark_started,
+                         restart_follows)
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)  # the stage checkpoints on them
 
@@ -87,7 +89,7 @@ def supervise(argv, env, cwd=None):
     print(f"[hirl] rank {global_rank(env)}/{env.get('WORLD_SIZE', '1')} attempt {attempt(env)} on "
           f"{os.uname().nodename}: {' '.join(argv)}",
           file=sys.stderr, flush=True)
-    tail, got = _Tail(), []
+    tail = _Tail()
     try:
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as exc:
@@ -95,14 +97,6 @@ def supervise(argv, env, cwd=None):
         sys.stderr.write(message)
         end_stage(env, 127, message)
         return 127
-
-    def forward(signum, _frame):
-        got.append(signum)
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
 
     def pump():
         sink = getattr(sys.stdout, "buffer", None)
@@ -113,16 +107,34 @@ def supervise(argv, env, cwd=None):
             tail.add(chunk)
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    try:
+    with signals_forwarded(proc, FORWARDED):
         code = proc.wait()  # a forwarded signal does not end the wait (PEP 475)
         reader.join(timeout=10.0)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     outcome, _detail = end_stage(env, code, tail.text())
     if outcome == "oom":
         return FINAL_EXIT
+    return shell_code(code)
+
+
+def shell_code(code):
+    """A child's exit code as a shell reports it: 128 + N for a child killed by signal N."""
     return code if code >= 0 else 128 - code
+
+
+@contextlib.contextmanager
+def signals_forwarded(proc, signals):
+    """Pass ``signals`` on to ``proc`` for the block, then restore the previous handlers."""
+    def forward(signum, _frame):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 POD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # the ones torchrun passes on to its workers
@@ -147,18 +159,8 @@ def launch_pod(argv, env):
             sys.stderr.write(message)
             end_stage(env, 127, message)
             return FINAL_EXIT
-
-        def forward(signum, _frame):
-            try:
-                proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
-        previous = {sig: signal.signal(sig, forward) for sig in POD_SIGNALS}
-        try:
+        with signals_forwarded(proc, POD_SIGNALS):
             code = proc.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         try:
             with open(env[FINAL_FILE_ENV], encoding="utf-8") as f:
                 noted = f.read().split("\n")[0]
@@ -168,6 +170,6 @@ def launch_pod(argv, env):
             print(f"[hirl] failed for good ({noted or f'exit code {code}'}): exit {FINAL_EXIT}, not restarted",
                   file=sys.stderr, flush=True)
             return FINAL_EXIT
-        return code if code >= 0 else 128 - code
+        return shell_code(code)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

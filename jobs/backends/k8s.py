@@ -75,29 +75,22 @@ class K8sBackend(Backend):
 
     def render(self, plan):
         """The Workflow, the objects it creates, and each stage's config (as the ConfigMap holds it)."""
-        from hirl_core.config import dumps_config
-
-        files = {}
-        for stage in plan.cell.stages:
-            files[f"{stage.output_dir}/config.yaml"] = dumps_config(stage.config)
-        jobs = [j for j, _why in self._all_jobs(plan)]
-        files.update(kr.render_files(jobs, names.short_hash(plan.cell.cell_id, 8)))
-        return files
+        return self._files([plan], names.short_hash(plan.cell.cell_id, 8), per_cell=False)
 
     def render_many(self, plans, matrix=False):
         """A sweep as ``submit_many`` creates it: one Workflow for every cell (refused in one line when it
         would be too large for one object), each object it creates in a folder per cell."""
-        from hirl_core.config import dumps_config
-
         if len(plans) == 1:
             return self.render(plans[0])
-        files = {}
-        for plan in plans:
-            for stage in plan.cell.stages:
-                files[f"{stage.output_dir}/config.yaml"] = dumps_config(stage.config)
+        return self._files(plans, names.short_hash("".join(p.cell.cell_id for p in plans), 8), per_cell=True)
+
+    def _files(self, plans, submission, per_cell):
+        from hirl_core.config import dumps_config
+
+        files = {f"{stage.output_dir}/config.yaml": dumps_config(stage.config)
+                 for plan in plans for stage in plan.cell.stages}
         jobs = [j for plan in plans for j, _why in self._all_jobs(plan)]
-        submission = names.short_hash("".join(p.cell.cell_id for p in plans), 8)
-        files.update(kr.render_files(jobs, submission, per_cell=True))
+        files.update(kr.render_files(jobs, submission, per_cell=per_cell))
         return files
 
     # -- the cluster ----------------------------------------------------------------------------
