@@ -34,11 +34,10 @@ tracking URI and its credentials come from a ConfigMap and a Secret by reference
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import yaml
-
-import json
 
 from hirl_core.config import dumps_config
 
@@ -142,6 +141,10 @@ def rendezvous_host(job):
     return f"{name}-0.{name}"  # Indexed Job: <job>-<index>.<service>
 
 
+def _nodes(settings):
+    return max(1, int_or_zero(settings.get("nodes")))
+
+
 def shutdown_timeout(grace_s):
     """torchrun's wait for its workers after SIGTERM: the pod's grace period less a margin (at most half)
     in which torchrun and ``jobs.entrypoint --pod`` exit before the kubelet's SIGKILL."""
@@ -162,7 +165,7 @@ def container_command(job):
     the pod's ``FINAL_EXIT``) around torchrun with c10d rendezvous at pod 0, one worker per GPU, each
     the image's entrypoint (which tags the run from global rank 0 and runs ``python -m hirl_core``)."""
     s = job.settings
-    nodes, gpus = max(1, int_or_zero(s.get("nodes"))), int_or_zero(s.get("gpus_per_node"))
+    nodes, gpus = _nodes(s), int_or_zero(s.get("gpus_per_node"))
     command = ["python", "-m", "jobs.entrypoint", "--pod",
                "torchrun", "--nnodes", str(nodes), "--nproc_per_node", str(gpus or 1),
                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{rendezvous_host(job)}:{RDZV_PORT}",
@@ -174,7 +177,7 @@ def container_command(job):
 def container_env(job):
     s = job.settings
     env = common.stage_env(job.stage, job.run_id, cell=job.cell, attempt_base=job.attempt_base)
-    env.update({"HIRL_IMAGE": job.image, "HIRL_NNODES": str(max(1, int_or_zero(s.get("nodes")))),
+    env.update({"HIRL_IMAGE": job.image, "HIRL_NNODES": str(_nodes(s)),
                 "HIRL_NPROC_PER_NODE": str(int_or_zero(s.get("gpus_per_node")) or 1),
                 "HIRL_MASTER_ADDR": rendezvous_host(job), "HIRL_MASTER_PORT": str(RDZV_PORT)})
     gang = s["workload"] == "jobset"
@@ -193,7 +196,8 @@ def container_env(job):
 
 
 def _resources(s):
-    gpus, nproc = int_or_zero(s.get("gpus_per_node")), int_or_zero(s.get("gpus_per_node")) or 1
+    gpus = int_or_zero(s.get("gpus_per_node"))
+    nproc = gpus or 1
     requests, limits = {}, {}
     if s.get("cpus_per_task"):
         requests["cpu"] = str(int(s["cpus_per_task"]) * nproc)
@@ -224,7 +228,7 @@ def pod_spec(job, pod_labels):
         spec["nodeSelector"] = {POOL_LABEL: s["gpu_pool"]}
     if s.get("tolerations"):
         spec["tolerations"] = [dict(t) for t in s["tolerations"]]
-    if max(1, int_or_zero(s.get("nodes"))) > 1:  # one pod per node: never two of the same stage on one host
+    if _nodes(s) > 1:  # one pod per node: never two of the same stage on one host
         spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
             "labelSelector": {"matchLabels": {"hirl/run": pod_labels["hirl/run"]}},
             "topologyKey": "kubernetes.io/hostname"}]}}
@@ -247,7 +251,7 @@ def pod_failure_policy(gang):
 
 
 def _job_spec(job, pod_labels, backoff):
-    nodes = max(1, int_or_zero(job.settings.get("nodes")))
+    nodes = _nodes(job.settings)
     spec = {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": backoff}
     # needs the pod template's restartPolicy Never (pod_spec)
     spec["podFailurePolicy"] = pod_failure_policy(job.settings["workload"] == "jobset")
@@ -276,7 +280,8 @@ def jobset(job):
     if job.settings.get("queue"):
         spec["suspend"] = True  # Kueue admits the workload by un-suspending it
     spec["network"] = {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
-    spec["failurePolicy"] = {"maxRestarts": int_or_zero(job.settings.get("max_restarts")), "restartStrategy": "Recreate",
+    spec["failurePolicy"] = {"maxRestarts": int_or_zero(job.settings.get("max_restarts")),
+                             "restartStrategy": "Recreate",
                              "rules": [  # the first that matches a failed Job applies; none: RestartJobSet
                                  {"name": "Disruption", "action": "RestartJobSetAndIgnoreMaxRestarts",
                                   "onJobFailureReasons": ["PodFailurePolicy"],
@@ -319,7 +324,7 @@ def workloads(job):
     """[(suffix of the DAG task, manifest, success condition, failure condition)] for one stage."""
     if job.settings["workload"] == "jobset":
         return [("", jobset(job), "status.terminalState == Completed", "status.terminalState == Failed")]
-    nodes = max(1, int_or_zero(job.settings.get("nodes")))
+    nodes = _nodes(job.settings)
     return [("svc", headless_service(job), "", ""),
             ("", indexed_job(job), f"status.succeeded == {nodes}", "status.failed > 0")]
 
