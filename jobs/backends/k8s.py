@@ -138,12 +138,12 @@ class K8sBackend(Backend):
             if obj["kind"] in ("JobSet", "Workflow"):
                 group, version, plural = kr.JOBSET_API if obj["kind"] == "JobSet" else kr.WORKFLOW_API
                 return self.call(k.CustomObjectsApi().create_namespaced_custom_object, group, version,
-                                  meta["namespace"], plural, obj, field_validation="Strict", what=what, **extra)
+                                 meta["namespace"], plural, obj, field_validation="Strict", what=what, **extra)
             if obj["kind"] == "Job":
                 return self.call(k.BatchV1Api().create_namespaced_job, meta["namespace"], obj, what=what, **extra)
             if obj["kind"] == "Service":
                 return self.call(k.CoreV1Api().create_namespaced_service, meta["namespace"], obj, what=what,
-                                  **extra)
+                                 **extra)
         except ApiException as exc:
             if exc.status == 404:
                 api = obj["apiVersion"]

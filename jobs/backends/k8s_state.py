@@ -89,7 +89,7 @@ def _delete_crds(backend, ns, selector, what):
     for group, version, plural in apis:
         try:
             found = backend.call(co.list_namespaced_custom_object, group, version, ns, plural,
-                                  label_selector=selector, what=f"listing {plural}")
+                                 label_selector=selector, what=f"listing {plural}")
         except ApiException as exc:
             if exc.status == 404:  # the kind is not served here: nothing of it exists
                 continue
@@ -98,7 +98,7 @@ def _delete_crds(backend, ns, selector, what):
             name = item["metadata"]["name"]
             try:
                 backend.call(co.delete_namespaced_custom_object, group, version, ns, plural, name,
-                              propagation_policy="Background", what=f"deleting {plural} {name}")
+                             propagation_policy="Background", what=f"deleting {plural} {name}")
                 gone.append(f"{item['kind']} {name}")
             except ApiException as exc:
                 if exc.status != 404:
@@ -116,14 +116,14 @@ def _delete_core(backend, ns, selector):
     for kind, fn in calls:
         try:
             backend.call(fn, ns, label_selector=selector, propagation_policy="Background",
-                          what=f"deleting {kind}s")
+                         what=f"deleting {kind}s")
             gone.append(f"{kind}s {selector}")
         except ApiException as exc:
             if exc.status != 404:  # 404: the API is not served here (the dev server has no core/v1)
                 raise BackendError(f"the API server refuses to delete {kind}s: {kr_message(exc)}") from None
     try:  # Services have no delete-collection: one by one
         items = backend.call(k.CoreV1Api().list_namespaced_service, ns, label_selector=selector,
-                              what="listing Services").items
+                             what="listing Services").items
         for svc in items:
             backend.call(k.CoreV1Api().delete_namespaced_service, svc.metadata.name, ns, what="deleting a Service")
     except ApiException as exc:
@@ -172,7 +172,7 @@ def cancel(backend, handles, uri):
             if wf is not None and f"Workflow {wf_name}" not in gone:  # labels edited by hand: by name
                 group_, version, plural = kr.WORKFLOW_API
                 backend.call(backend.kube().CustomObjectsApi().delete_namespaced_custom_object, group_, version,
-                              ns, plural, wf_name, what=f"deleting Workflow {wf_name}")
+                             ns, plural, wf_name, what=f"deleting Workflow {wf_name}")
             _say(f"stop submission {submission}: deleted Workflow {wf_name} and what it created "
                  f"({len(gone)} objects) in {ns}")
         else:
@@ -207,13 +207,13 @@ def stage_log(backend, handle, rank=None, uri=None):
         try:
             core = backend.kube().CoreV1Api()
             pods = backend.call(core.list_namespaced_pod, ns, label_selector=f"hirl/run={handle.run_id}",
-                                 what="listing the stage's pods").items
+                                what="listing the stage's pods").items
             index = str(rank or 0)
             for pod in pods:
                 annotations = pod.metadata.annotations or {}
                 if annotations.get("batch.kubernetes.io/job-completion-index", "0") == index:
                     return backend.call(core.read_namespaced_pod_log, pod.metadata.name, ns,
-                                         what="reading the pod log")
+                                        what="reading the pod log")
         except (ApiException, BackendError):
             pass  # no pods (gone, or no core API here): the artifact below
     if rank:  # the artifact is rank 0's tail: showing it as another rank's log would mislead
